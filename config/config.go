@@ -1,0 +1,72 @@
+// Package config turns a YAML file, FBP_* environment variables and
+// command-line flags into one validated Config. Precedence, lowest first:
+// defaults, file, environment, flags.
+package config
+
+import "time"
+
+// Config is the whole configuration of `fhir-bulk-proxy serve`.
+type Config struct {
+	// Listen is the address the proxy listens on. Default ":8080".
+	Listen string `yaml:"listen"`
+	// Upstream is the base URL of the FHIR server behind the proxy. Its path
+	// may contain the placeholders of BasePath, such as {tenant}. Required.
+	Upstream string `yaml:"upstream"`
+	// PublicURL is the FHIR base URL clients see, used in Content-Location
+	// and manifest URLs; it may contain the placeholders of BasePath. When
+	// empty, it is built from the request's Host header and BasePath.
+	PublicURL string `yaml:"public_url"`
+	// BasePath is the path prefix the FHIR base is served under ("/fhir",
+	// "/r4/{tenant}"). Default: the path of PublicURL, or "" (the root).
+	BasePath string `yaml:"base_path"`
+	// DataDir holds the job store (jobs.db) and exported files. Default "./data".
+	DataDir string `yaml:"data_dir"`
+
+	Log    LogConfig    `yaml:"log"`
+	Export ExportConfig `yaml:"export"`
+	// UpstreamHTTP tunes the connections to the upstream.
+	UpstreamHTTP UpstreamHTTPConfig `yaml:"upstream_http"`
+}
+
+// LogConfig configures zerolog.
+type LogConfig struct {
+	// Level is trace, debug, info, warn or error. Default "info".
+	Level string `yaml:"level"`
+	// Format is json or console. Default "json".
+	Format string `yaml:"format"`
+}
+
+// ExportConfig tunes export jobs.
+type ExportConfig struct {
+	// BatchSize is the number of patients per batched search. Default 200.
+	BatchSize int `yaml:"batch_size"`
+	// PageSize is the _count asked of the upstream. Default 1000 (the
+	// upstream may cap it lower; next links are followed either way).
+	PageSize int `yaml:"page_size"`
+	// MaxURLLength is the longest GET search URL; longer searches are sent
+	// as POST [type]/_search. Default 2000.
+	MaxURLLength int `yaml:"max_url_length"`
+	// Concurrency is the number of upstream requests in flight across all
+	// jobs. Default 4.
+	Concurrency int `yaml:"concurrency"`
+	// MaxJobs is the number of jobs that run at once; others wait queued.
+	// Default 2.
+	MaxJobs int `yaml:"max_jobs"`
+	// MaxFileSize splits output files at about this many bytes. Default 256 MiB.
+	MaxFileSize int64 `yaml:"max_file_size"`
+	// Retention is how long finished jobs and their files are kept. Default 720h (30 days).
+	Retention time.Duration `yaml:"retention"`
+	// RetryAfter is the longest Retry-After sent to status polls. Default 30s.
+	RetryAfter time.Duration `yaml:"retry_after"`
+}
+
+// UpstreamHTTPConfig tunes the HTTP client used towards the upstream.
+type UpstreamHTTPConfig struct {
+	// ResponseHeaderTimeout bounds the wait for response headers (not the
+	// body). Default 60s.
+	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
+	// DialTimeout bounds connection set-up. Default 10s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// Retries is how often a failed page GET is retried. Default 5.
+	Retries int `yaml:"retries"`
+}

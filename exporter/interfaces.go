@@ -1,0 +1,119 @@
+package exporter
+
+import (
+	"context"
+	"io"
+	"net/url"
+	"time"
+)
+
+// Store persists jobs. Implementations must be safe for concurrent use and
+// must pass the shared suite in exporter/storetest.
+//
+// Jobs handed in and out are copies: callers may keep and change them freely.
+type Store interface {
+	// Create persists a new job. It fails with ECONFLICT if the id exists.
+	Create(ctx context.Context, job *Job) error
+	// Get returns the job or ErrNotFound.
+	Get(ctx context.Context, id string) (*Job, error)
+	// List returns the jobs in any of the given states (all jobs when none
+	// are given), oldest first.
+	List(ctx context.Context, states ...State) ([]*Job, error)
+	// Transition moves a job from one state to another as one atomic
+	// compare-and-set: it fails with ErrConflict unless the job is in state
+	// from, and refuses moves that CanTransition forbids (EINVALID). mutate,
+	// when not nil, may change other fields of the job in the same
+	// transaction; an error from it aborts the change. reason is recorded.
+	Transition(ctx context.Context, id string, from, to State, reason string, mutate func(*Job) error) (*Job, error)
+	// Update changes a job without changing its state. An error from mutate
+	// aborts the change. The State field must not be changed by mutate.
+	Update(ctx context.Context, id string, mutate func(*Job) error) (*Job, error)
+	// Delete removes the job and its file index entries. Deleting a missing
+	// job is not an error.
+	Delete(ctx context.Context, id string) error
+	// FileJob returns the job that owns the file with the given public id, and
+	// the file; ErrNotFound when no job has it.
+	FileJob(ctx context.Context, fileID string) (*Job, File, error)
+	// Close releases the store.
+	Close() error
+}
+
+// BlobWriter is a file being written. Nothing is visible under its key until
+// Commit returns; Abort discards it.
+type BlobWriter interface {
+	io.Writer
+	// Commit flushes, syncs and atomically publishes the content, and
+	// returns its size.
+	Commit() (size int64, err error)
+	// Abort removes the partial content. It is safe after Commit (no-op).
+	Abort() error
+}
+
+// Blob is sealed content opened for reading.
+type Blob interface {
+	io.ReadSeekCloser
+	Size() int64
+	ModTime() time.Time
+}
+
+// Blobs stores the NDJSON content of jobs. Keys are chosen by the exporter:
+// "{jobID}/{name}", both made of [A-Za-z0-9._-].
+type Blobs interface {
+	Create(ctx context.Context, key string) (BlobWriter, error)
+	Open(ctx context.Context, key string) (Blob, error)
+	// DeleteJob removes every blob whose key starts with jobID + "/".
+	DeleteJob(ctx context.Context, jobID string) error
+}
+
+// Page is one page of an upstream search.
+type Page struct {
+	// Entries are the resources of the page, in order.
+	Entries []Entry
+	// Next is the upstream's next link, "" on the last page.
+	Next string
+}
+
+// Entry is one Bundle entry.
+type Entry struct {
+	ResourceType string
+	ID           string
+	// Mode is search.mode ("match", "include", "outcome"; "" if absent).
+	Mode string
+	// Resource is the resource as compact JSON on one line.
+	Resource []byte
+}
+
+// Upstream is the FHIR server behind the proxy, as the exporter sees it.
+type Upstream interface {
+	// Read returns one resource as JSON; ENOTFOUND when the upstream answers
+	// 404 or 410.
+	Read(ctx context.Context, resourceType, id string) ([]byte, error)
+	// Search runs [type]?params (POST _search when the URL would be too
+	// long), follows next links on the upstream's origin only, and calls fn
+	// for every page. An error from fn stops the search and is returned.
+	Search(ctx context.Context, resourceType string, params url.Values, fn func(*Page) error) error
+	// Capabilities returns the resource types the upstream supports (nil
+	// when it does not say).
+	Capabilities(ctx context.Context) (*Capabilities, error)
+}
+
+// Capabilities is what the exporter needs from the upstream's
+// CapabilityStatement.
+type Capabilities struct {
+	// Types maps each supported resource type to its search parameters.
+	Types map[string][]string
+}
+
+// Supports reports whether the upstream declares the resource type; true
+// when the upstream declares nothing.
+func (c *Capabilities) Supports(resourceType string) bool {
+	if c == nil || len(c.Types) == 0 {
+		return true
+	}
+	_, ok := c.Types[resourceType]
+	return ok
+}
+
+// UpstreamFor returns the Upstream for a job, given the placeholder values of
+// its mount path (nil when the mount path has none).
+type UpstreamFor func(pathVars map[string]string) (Upstream, error)

@@ -1,0 +1,191 @@
+// Package exporter is the core of fhir-bulk-proxy: the export Job, its state
+// machine, the planner that turns a request into work units, the runner that
+// pages through the upstream and the NDJSON writer.
+//
+// It owns the interfaces it needs (Store, Blobs, Upstream); the packages that
+// implement them (store, blobs, upstream) import exporter, never the reverse.
+package exporter
+
+import (
+	"fmt"
+	"time"
+)
+
+// State is the lifecycle state of a Job.
+type State string
+
+// Job states. queued -> running -> {completed | failed | cancelled};
+// running -> queued when the process is interrupted; queued -> cancelled.
+const (
+	StateQueued    State = "queued"
+	StateRunning   State = "running"
+	StateCompleted State = "completed"
+	StateFailed    State = "failed"
+	StateCancelled State = "cancelled"
+)
+
+// transitions is the one table of allowed state changes.
+var transitions = map[State][]State{
+	StateQueued:  {StateRunning, StateCancelled, StateFailed},
+	StateRunning: {StateCompleted, StateFailed, StateCancelled, StateQueued},
+}
+
+// CanTransition reports whether a job may move from one state to another.
+func CanTransition(from, to State) bool {
+	for _, s := range transitions[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+// Terminal reports whether no further transition leaves s.
+func (s State) Terminal() bool { return len(transitions[s]) == 0 }
+
+// Level is the scope of an export.
+type Level string
+
+// Export levels.
+const (
+	LevelGroup   Level = "group"
+	LevelPatient Level = "patient"
+	LevelSystem  Level = "system"
+)
+
+// Request is a validated kick-off request.
+type Request struct {
+	Level   Level  `json:"level"`
+	GroupID string `json:"groupId,omitempty"`
+	// Types lists the resource types to export, in output order. Never empty
+	// once the request is validated (the default set is filled in).
+	Types []string `json:"types"`
+	// ExplicitTypes is true when the client named the types with _type.
+	ExplicitTypes bool `json:"explicitTypes,omitempty"`
+	// Since, when set, limits the export to resources changed after it.
+	Since *time.Time `json:"since,omitempty"`
+	// OutputFormat is always application/fhir+ndjson today.
+	OutputFormat string `json:"outputFormat"`
+	// RequestURL is the kick-off URL as the client sent it (absolute, public).
+	RequestURL string `json:"requestUrl"`
+	// BaseURL is the public FHIR base the job was started under (absolute,
+	// no trailing slash); manifest and status URLs are built from it.
+	BaseURL string `json:"baseUrl"`
+	// PathVars holds the values of placeholders in the mount path, such as
+	// {tenant}; they are substituted into the upstream URL.
+	PathVars map[string]string `json:"pathVars,omitempty"`
+	// Lenient is true when the client sent Prefer: handling=lenient.
+	Lenient bool `json:"lenient,omitempty"`
+	// Ignored lists what a lenient kick-off ignored; each becomes one
+	// OperationOutcome line in the manifest's error file.
+	Ignored []string `json:"ignored,omitempty"`
+	// ClientID is the identity of the client that started the job ("" while
+	// inbound authorization is off).
+	ClientID string `json:"clientId,omitempty"`
+}
+
+// FileKind says which manifest array a file belongs to.
+type FileKind string
+
+// File kinds.
+const (
+	KindOutput  FileKind = "output"
+	KindError   FileKind = "error"
+	KindDeleted FileKind = "deleted"
+)
+
+// File is one sealed NDJSON file of a job.
+type File struct {
+	// ID is the unguessable public id used in /bulk-export/files/{ID}.
+	ID    string   `json:"id"`
+	JobID string   `json:"jobId"`
+	Kind  FileKind `json:"kind"`
+	// Type is the resource type of every line (OperationOutcome for errors).
+	Type string `json:"type"`
+	// Key is the Blobs key of the content.
+	Key   string `json:"key"`
+	Count int64  `json:"count"`
+	Size  int64  `json:"size"`
+}
+
+// Progress is what a running job reports to status polls.
+type Progress struct {
+	UnitsTotal int   `json:"unitsTotal"`
+	UnitsDone  int   `json:"unitsDone"`
+	Resources  int64 `json:"resources"`
+	// Phase is a short human-readable description of the current step.
+	Phase string `json:"phase,omitempty"`
+}
+
+// Percent returns the completed share in [0, 100).
+func (p Progress) Percent() int {
+	if p.UnitsTotal <= 0 {
+		return 0
+	}
+	pc := p.UnitsDone * 100 / p.UnitsTotal
+	if pc > 99 {
+		pc = 99
+	}
+	return pc
+}
+
+// Job is an export job as persisted in the Store.
+type Job struct {
+	ID      string  `json:"id"`
+	State   State   `json:"state"`
+	Request Request `json:"request"`
+	// TransactionTime is fixed when the job is created; every upstream search
+	// is bounded by _lastUpdated=le{TransactionTime}.
+	TransactionTime time.Time `json:"transactionTime"`
+	CreatedAt       time.Time `json:"createdAt"`
+	UpdatedAt       time.Time `json:"updatedAt"`
+	StartedAt       time.Time `json:"startedAt,omitempty"`
+	FinishedAt      time.Time `json:"finishedAt,omitempty"`
+	// ExpiresAt is when a finished job and its files are removed.
+	ExpiresAt time.Time `json:"expiresAt,omitempty"`
+	// Attempts counts how often the job was started.
+	Attempts int `json:"attempts"`
+	// WorkerID and LeaseUntil say which process runs the job and until when
+	// its claim holds (for stores shared by several processes).
+	WorkerID   string    `json:"workerId,omitempty"`
+	LeaseUntil time.Time `json:"leaseUntil,omitempty"`
+	// Reason records why the job last changed state.
+	Reason string `json:"reason,omitempty"`
+	// Message is the client-facing failure message of a failed job.
+	Message string `json:"message,omitempty"`
+	// Deleted is set when the client deleted the job: status and file
+	// requests answer 404 and the job's files are removed.
+	Deleted  bool     `json:"deleted,omitempty"`
+	Progress Progress `json:"progress"`
+	// Files lists the sealed files, in manifest order.
+	Files []File `json:"files,omitempty"`
+}
+
+// Clone returns a deep copy of j.
+func (j *Job) Clone() *Job {
+	c := *j
+	c.Request.Types = append([]string(nil), j.Request.Types...)
+	c.Request.Ignored = append([]string(nil), j.Request.Ignored...)
+	if j.Request.Since != nil {
+		t := *j.Request.Since
+		c.Request.Since = &t
+	}
+	if j.Request.PathVars != nil {
+		c.Request.PathVars = make(map[string]string, len(j.Request.PathVars))
+		for k, v := range j.Request.PathVars {
+			c.Request.PathVars[k] = v
+		}
+	}
+	c.Files = append([]File(nil), j.Files...)
+	return &c
+}
+
+// Visible reports whether the job still exists for clients at time now.
+func (j *Job) Visible(now time.Time) bool {
+	if j.Deleted {
+		return false
+	}
+	return j.ExpiresAt.IsZero() || now.Before(j.ExpiresAt)
+}
+
+func (j *Job) String() string { return fmt.Sprintf("job %s (%s)", j.ID, j.State) }

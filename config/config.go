@@ -6,67 +6,74 @@ package config
 import "time"
 
 // Config is the whole configuration of `fhir-bulk-proxy serve`.
+//
+// Every leaf field is one option, declared once here: its yaml tag gives the
+// file key (sections joined with "."), the environment variable (FBP_ + the
+// upper-cased path joined with "_") and the flag (the path joined with "-";
+// a section's `flag` tag replaces its name in flags). The `usage` tag is the
+// flag help. time.Duration fields accept Go durations and days ("30d");
+// int64 fields are byte sizes ("256MiB").
 type Config struct {
 	// Listen is the address the proxy listens on. Default ":8080".
-	Listen string `yaml:"listen"`
+	Listen string `yaml:"listen" usage:"address to listen on, host:port"`
 	// Upstream is the base URL of the FHIR server behind the proxy. Its path
 	// may contain the placeholders of BasePath, such as {tenant}. Required.
-	Upstream string `yaml:"upstream"`
+	Upstream string `yaml:"upstream" usage:"base URL of the upstream FHIR R4 server; required"`
 	// PublicURL is the FHIR base URL clients see, used in Content-Location
 	// and manifest URLs; it may contain the placeholders of BasePath. When
 	// empty, it is built from the request's Host header and BasePath.
-	PublicURL string `yaml:"public_url"`
+	PublicURL string `yaml:"public_url" usage:"FHIR base URL clients see; empty: built from the Host header"`
 	// BasePath is the path prefix the FHIR base is served under ("/fhir",
 	// "/r4/{tenant}"). Default: the path of PublicURL, or "" (the root).
-	BasePath string `yaml:"base_path"`
+	BasePath string `yaml:"base_path" usage:"path prefix of the FHIR base, e.g. /fhir or /r4/{tenant}; empty: path of public_url"`
 	// DataDir holds the job store (jobs.db) and exported files. Default "./data".
-	DataDir string `yaml:"data_dir"`
+	DataDir string `yaml:"data_dir" usage:"directory for the job store and exported files"`
 
 	Log    LogConfig    `yaml:"log"`
 	Export ExportConfig `yaml:"export"`
 	// UpstreamHTTP tunes the connections to the upstream.
-	UpstreamHTTP UpstreamHTTPConfig `yaml:"upstream_http"`
+	UpstreamHTTP UpstreamHTTPConfig `yaml:"upstream_http" flag:"upstream"`
 }
 
 // LogConfig configures zerolog.
 type LogConfig struct {
 	// Level is trace, debug, info, warn or error. Default "info".
-	Level string `yaml:"level"`
+	Level string `yaml:"level" usage:"log level: trace, debug, info, warn or error"`
 	// Format is json or console. Default "json".
-	Format string `yaml:"format"`
+	Format string `yaml:"format" usage:"log format: json or console"`
 }
 
 // ExportConfig tunes export jobs.
 type ExportConfig struct {
 	// BatchSize is the number of patients per batched search. Default 200.
-	BatchSize int `yaml:"batch_size"`
+	BatchSize int `yaml:"batch_size" usage:"patients per batched search"`
 	// PageSize is the _count asked of the upstream. Default 1000 (the
 	// upstream may cap it lower; next links are followed either way).
-	PageSize int `yaml:"page_size"`
+	PageSize int `yaml:"page_size" usage:"_count asked of the upstream per page"`
 	// MaxURLLength is the longest GET search URL; longer searches are sent
 	// as POST [type]/_search. Default 2000.
-	MaxURLLength int `yaml:"max_url_length"`
+	MaxURLLength int `yaml:"max_url_length" usage:"longest GET search URL; longer searches use POST _search"`
 	// Concurrency is the number of upstream requests in flight across all
 	// jobs. Default 4.
-	Concurrency int `yaml:"concurrency"`
+	Concurrency int `yaml:"concurrency" usage:"upstream requests in flight across all jobs"`
 	// MaxJobs is the number of jobs that run at once; others wait queued.
 	// Default 2.
-	MaxJobs int `yaml:"max_jobs"`
+	MaxJobs int `yaml:"max_jobs" usage:"export jobs running at once; others wait queued"`
 	// MaxFileSize splits output files at about this many bytes. Default 256 MiB.
-	MaxFileSize int64 `yaml:"max_file_size"`
+	MaxFileSize int64 `yaml:"max_file_size" usage:"split output files at about this size: bytes, 256MiB, 100MB, 1GiB"`
 	// Retention is how long finished jobs and their files are kept. Default 720h (30 days).
-	Retention time.Duration `yaml:"retention"`
+	Retention time.Duration `yaml:"retention" usage:"how long finished jobs and their files are kept: 720h, 30d"`
 	// RetryAfter is the longest Retry-After sent to status polls. Default 30s.
-	RetryAfter time.Duration `yaml:"retry_after"`
+	RetryAfter time.Duration `yaml:"retry_after" usage:"longest Retry-After sent to status polls"`
 }
 
 // UpstreamHTTPConfig tunes the HTTP client used towards the upstream.
 type UpstreamHTTPConfig struct {
 	// ResponseHeaderTimeout bounds the wait for response headers (not the
 	// body). Default 60s.
-	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
+	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout" usage:"upstream response header timeout, not counting the body"`
 	// DialTimeout bounds connection set-up. Default 10s.
-	DialTimeout time.Duration `yaml:"dial_timeout"`
+	DialTimeout time.Duration `yaml:"dial_timeout" usage:"upstream connection set-up timeout"`
 	// Retries is how often a failed page GET is retried. Default 5.
-	Retries int `yaml:"retries"`
+	Retries int `yaml:"retries" usage:"retries of a failed upstream page GET"`
 }

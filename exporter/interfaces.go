@@ -85,6 +85,8 @@ type Entry struct {
 
 // Upstream is the FHIR server behind the proxy, as the exporter sees it.
 type Upstream interface {
+	// BaseURL is the upstream's FHIR base (absolute, no trailing slash).
+	BaseURL() string
 	// Read returns one resource as JSON; ENOTFOUND when the upstream answers
 	// 404 or 410.
 	Read(ctx context.Context, resourceType, id string) ([]byte, error)

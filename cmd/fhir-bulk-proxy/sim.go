@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
+)
+
+// simFlags registers the synthetic upstream's options on fs.
+func simFlags(fs *flag.FlagSet, o *fhirtest.Options) {
+	fs.IntVar(&o.Patients, "patients", 100, "number of patients")
+	fs.Int64Var(&o.Seed, "seed", 1, "generator seed (same seed, same data)")
+	fs.DurationVar(&o.Latency, "latency", 0, "latency added to every request")
+	fs.IntVar(&o.MaxCount, "max-count", 1000, "cap for _count")
+	fs.DurationVar(&o.PageTTL, "page-ttl", 10*time.Minute, "how long a next link stays valid")
+	fs.IntVar(&o.MaxConcurrent, "max-concurrent", 0, "requests served at once (0: unbounded)")
+	fs.BoolVar(&o.NoORLists, "no-or-lists", false, "answer 400 to comma OR lists")
+	fs.Float64Var(&o.ErrorRate, "error-rate", 0, "share of searches answered 500")
+	fs.Float64Var(&o.ThrottleRate, "throttle-rate", 0, "share of searches answered 429 with Retry-After")
+}
+
+func sim(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o fhirtest.Options
+	listen := fs.String("listen", "127.0.0.1:8081", "address to listen on")
+	fs.StringVar(&o.BasePath, "base-path", "/fhir", "path of the FHIR base")
+	simFlags(fs, &o)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	s := fhirtest.New(o)
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	base := "http://" + ln.Addr().String() + o.BasePath
+	fmt.Fprintf(stdout, "synthetic FHIR R4 upstream at %s (%d patients, seed %d)\n", base, len(s.PatientIDs()), o.Seed)
+	for _, g := range s.GroupIDs() {
+		fmt.Fprintf(stdout, "  Group/%-8s %5d members\n", g, len(s.Members(g)))
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return err
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}

@@ -1,0 +1,418 @@
+package exporter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Options configures a Service. Zero values take the documented defaults.
+type Options struct {
+	Store       Store
+	Blobs       Blobs
+	UpstreamFor UpstreamFor
+	Logger      zerolog.Logger
+
+	// BatchSize is the number of patients per batched search (default 200).
+	BatchSize int
+	// PageSize is the _count asked of the upstream (default 1000).
+	PageSize int
+	// UnitConcurrency is the number of work units a job runs at once
+	// (default 4). The upstream client bounds the requests in flight.
+	UnitConcurrency int
+	// MaxJobs is the number of jobs run at once (default 2).
+	MaxJobs int
+	// MaxFileSize splits output files at about this size (default 256 MiB).
+	MaxFileSize int64
+	// Retention is how long finished jobs are kept (default 30 days).
+	Retention time.Duration
+	// RequiresAccessToken is reported in manifests.
+	RequiresAccessToken bool
+	// PollInterval is how often the dispatcher looks for queued jobs and
+	// expired ones besides being woken by Submit (default 2s).
+	PollInterval time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// WorkerID names this process in job claims (default hostname-pid).
+	WorkerID string
+}
+
+// Service runs export jobs: it accepts requests, persists jobs, runs them
+// in the background and answers status, file and delete requests.
+type Service struct {
+	opts Options
+	log  zerolog.Logger
+
+	wake chan struct{}
+
+	mu      sync.Mutex
+	running map[string]*run // jobs this process is running
+	started bool
+	stopCtx context.CancelCauseFunc
+	wg      sync.WaitGroup
+
+	noLists sync.Map // upstream base + "|" + type -> true: no comma OR lists
+}
+
+type run struct {
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+}
+
+// errShutdown is the cancel cause of runs stopped by Service.Stop.
+var errShutdown = errors.New("service is shutting down")
+
+// errDeleted is the cancel cause of runs stopped by Delete.
+var errDeleted = errors.New("job was deleted")
+
+// New returns a Service; call Start to run jobs.
+func New(o Options) (*Service, error) {
+	if o.Store == nil || o.Blobs == nil || o.UpstreamFor == nil {
+		return nil, errors.New("exporter: Store, Blobs and UpstreamFor are required")
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 200
+	}
+	if o.PageSize <= 0 {
+		o.PageSize = 1000
+	}
+	if o.UnitConcurrency <= 0 {
+		o.UnitConcurrency = 4
+	}
+	if o.MaxJobs <= 0 {
+		o.MaxJobs = 2
+	}
+	if o.MaxFileSize <= 0 {
+		o.MaxFileSize = 256 << 20
+	}
+	if o.Retention <= 0 {
+		o.Retention = 30 * 24 * time.Hour
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 2 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.WorkerID == "" {
+		host, _ := os.Hostname()
+		o.WorkerID = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	return &Service{
+		opts:    o,
+		log:     o.Logger,
+		wake:    make(chan struct{}, 1),
+		running: map[string]*run{},
+	}, nil
+}
+
+// Options returns the effective options.
+func (s *Service) Options() Options { return s.opts }
+
+// Start recovers jobs that a previous process left running or deleted and
+// starts the dispatcher. It returns once recovery is done.
+func (s *Service) Start(ctx context.Context) error {
+	if err := s.recover(ctx); err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	s.mu.Lock()
+	s.started = true
+	s.stopCtx = cancel
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go s.dispatch(runCtx)
+	return nil
+}
+
+// recover puts jobs left running by a dead process back in the queue (they
+// start over) and finishes deletions that were interrupted.
+func (s *Service) recover(ctx context.Context) error {
+	jobs, err := s.opts.Store.List(ctx)
+	if err != nil {
+		return fmt.Errorf("recover jobs: %w", err)
+	}
+	for _, j := range jobs {
+		switch {
+		case j.Deleted:
+			s.purge(ctx, j.ID)
+		case j.State == StateRunning:
+			_, err := s.opts.Store.Transition(ctx, j.ID, StateRunning, StateQueued, "interrupted: process restarted", func(j *Job) error {
+				j.WorkerID, j.LeaseUntil = "", time.Time{}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("requeue %s: %w", j.ID, err)
+			}
+			s.log.Info().Str("job_id", j.ID).Msg("job requeued after restart")
+		}
+	}
+	return nil
+}
+
+// Stop stops the dispatcher and every running job. Interrupted jobs go back
+// to the queue and run again at the next Start. Stop waits for runs to
+// wind down until ctx ends.
+func (s *Service) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.started {
+		s.mu.Unlock()
+		return nil
+	}
+	s.started = false
+	s.stopCtx(errShutdown)
+	for _, r := range s.running {
+		r.cancel(errShutdown)
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Submit validates what only the upstream can tell (the Group exists, the
+// types are supported), then creates and persists a queued job.
+func (s *Service) Submit(ctx context.Context, req Request) (*Job, error) {
+	up, err := s.opts.UpstreamFor(req.PathVars)
+	if err != nil {
+		return nil, err
+	}
+	if req.Level == LevelGroup {
+		if _, err := readGroup(ctx, up, req.GroupID); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.checkTypes(ctx, up, &req); err != nil {
+		return nil, err
+	}
+	now := s.opts.Now().UTC()
+	job := &Job{
+		ID:              NewID(),
+		State:           StateQueued,
+		Request:         req,
+		TransactionTime: now.Truncate(time.Millisecond),
+		CreatedAt:       now,
+		UpdatedAt:       now,
+		Reason:          "submitted",
+	}
+	if err := s.opts.Store.Create(ctx, job); err != nil {
+		return nil, fmt.Errorf("persist job: %w", err)
+	}
+	s.log.Info().Str("job_id", job.ID).Str("level", string(req.Level)).Str("group", req.GroupID).
+		Strs("types", req.Types).Msg("export job queued")
+	s.notify()
+	return job, nil
+}
+
+// checkTypes keeps the requested types the upstream supports. An explicit
+// type it does not support is an error, or ignored and reported when the
+// request is lenient; default types it does not support are left out.
+func (s *Service) checkTypes(ctx context.Context, up Upstream, req *Request) error {
+	caps, err := up.Capabilities(ctx)
+	if err != nil {
+		s.log.Warn().Err(err).Msg("upstream CapabilityStatement unavailable; assuming every type is supported")
+		return nil
+	}
+	kept := req.Types[:0:0]
+	for _, t := range req.Types {
+		switch {
+		case caps.Supports(t):
+			kept = append(kept, t)
+		case !req.ExplicitTypes:
+		case req.Lenient:
+			req.Ignored = append(req.Ignored, fmt.Sprintf("_type %s is not supported by the upstream server and was ignored", t))
+		default:
+			return &Error{Kind: EINVALID, Param: "_type", Message: fmt.Sprintf("resource type %s is not supported by the upstream server", t)}
+		}
+	}
+	req.Types = kept
+	return nil
+}
+
+func (s *Service) notify() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Get returns a job that clients may see: deleted and expired jobs are
+// ENOTFOUND.
+func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
+	j, err := s.opts.Store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !j.Visible(s.opts.Now()) {
+		return nil, ErrNotFound
+	}
+	return j, nil
+}
+
+// Delete cancels a job (stopping its in-flight upstream requests) and
+// removes it and its files. Afterwards Get answers ENOTFOUND.
+func (s *Service) Delete(ctx context.Context, id string) error {
+	for attempt := 0; attempt < 10; attempt++ {
+		j, err := s.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		mark := func(j *Job) error { j.Deleted = true; return nil }
+		switch j.State {
+		case StateQueued, StateRunning:
+			_, err = s.opts.Store.Transition(ctx, id, j.State, StateCancelled, "deleted by client", mark)
+		default:
+			_, err = s.opts.Store.Update(ctx, id, mark)
+		}
+		if errors.Is(err, ErrConflict) {
+			continue // the job moved on meanwhile; look again
+		}
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		r := s.running[id]
+		s.mu.Unlock()
+		if r != nil {
+			r.cancel(errDeleted) // the run purges the job when it has stopped
+			return nil
+		}
+		s.purge(ctx, id)
+		return nil
+	}
+	return Errorf(ECONFLICT, "job %s is changing state; try again", id)
+}
+
+// purge removes a deleted job's files and record.
+func (s *Service) purge(ctx context.Context, id string) {
+	if err := s.opts.Blobs.DeleteJob(ctx, id); err != nil {
+		s.log.Error().Err(err).Str("job_id", id).Msg("remove job files")
+		return // the record stays marked deleted; the next start retries
+	}
+	if err := s.opts.Store.Delete(ctx, id); err != nil {
+		s.log.Error().Err(err).Str("job_id", id).Msg("remove job record")
+	}
+}
+
+// OpenFile returns a visible job's file and its content.
+func (s *Service) OpenFile(ctx context.Context, fileID string) (*Job, File, Blob, error) {
+	j, f, err := s.opts.Store.FileJob(ctx, fileID)
+	if err != nil {
+		return nil, File{}, nil, err
+	}
+	if !j.Visible(s.opts.Now()) || j.State != StateCompleted {
+		return nil, File{}, nil, ErrNotFound
+	}
+	b, err := s.opts.Blobs.Open(ctx, f.Key)
+	if err != nil {
+		return nil, File{}, nil, err
+	}
+	return j, f, b, nil
+}
+
+// dispatch starts queued jobs as slots free up and removes expired jobs.
+func (s *Service) dispatch(ctx context.Context) {
+	defer s.wg.Done()
+	tick := time.NewTicker(s.opts.PollInterval)
+	defer tick.Stop()
+	lastSweep := time.Time{}
+	for {
+		s.startQueued(ctx)
+		if now := s.opts.Now(); now.Sub(lastSweep) > time.Minute {
+			s.sweep(ctx, now)
+			lastSweep = now
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *Service) startQueued(ctx context.Context) {
+	if ctx.Err() != nil {
+		return
+	}
+	s.mu.Lock()
+	free := s.opts.MaxJobs - len(s.running)
+	s.mu.Unlock()
+	if free <= 0 {
+		return
+	}
+	jobs, err := s.opts.Store.List(ctx, StateQueued)
+	if err != nil {
+		s.log.Error().Err(err).Msg("list queued jobs")
+		return
+	}
+	for _, j := range jobs {
+		if free == 0 {
+			return
+		}
+		now := s.opts.Now().UTC()
+		claimed, err := s.opts.Store.Transition(ctx, j.ID, StateQueued, StateRunning, "claimed by "+s.opts.WorkerID, func(j *Job) error {
+			j.Attempts++
+			j.StartedAt = now
+			j.WorkerID = s.opts.WorkerID
+			j.LeaseUntil = now.Add(time.Hour)
+			j.Files = nil
+			j.Progress = Progress{Phase: "starting"}
+			return nil
+		})
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		if err != nil {
+			s.log.Error().Err(err).Str("job_id", j.ID).Msg("claim job")
+			continue
+		}
+		free--
+		s.launch(ctx, claimed)
+	}
+}
+
+func (s *Service) launch(parent context.Context, j *Job) {
+	ctx, cancel := context.WithCancelCause(parent)
+	r := &run{cancel: cancel, done: make(chan struct{})}
+	s.mu.Lock()
+	s.running[j.ID] = r
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(r.done)
+		s.execute(ctx, j)
+		cancel(nil)
+		s.mu.Lock()
+		delete(s.running, j.ID)
+		s.mu.Unlock()
+		s.notify()
+	}()
+}
+
+// sweep removes finished jobs whose retention has passed. Files being
+// downloaded stay readable: an open file outlives its directory entry.
+func (s *Service) sweep(ctx context.Context, now time.Time) {
+	jobs, err := s.opts.Store.List(ctx, StateCompleted, StateFailed, StateCancelled)
+	if err != nil {
+		s.log.Error().Err(err).Msg("list finished jobs")
+		return
+	}
+	for _, j := range jobs {
+		if !j.ExpiresAt.IsZero() && !now.Before(j.ExpiresAt) {
+			s.log.Info().Str("job_id", j.ID).Msg("job expired; removing it and its files")
+			s.purge(ctx, j.ID)
+		}
+	}
+}

@@ -1,0 +1,239 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+	"github.com/gin-gonic/gin"
+	"github.com/klauspost/compress/gzip"
+	"github.com/samply/golang-fhir-models/fhir-models/fhir"
+)
+
+// ContentTypeNDJSON is the media type of exported files.
+const ContentTypeNDJSON = "application/fhir+ndjson"
+
+// validJobID reports whether s looks like an id made by exporter.NewID;
+// anything else is answered 404 without touching the store.
+func validJobID(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func (h *handlers) kickoffGroup(c *gin.Context) {
+	r := c.Request
+	if r.Method != http.MethodGet && r.Method != http.MethodPost {
+		c.Header("Allow", "GET, POST")
+		WriteOutcome(c.Writer, http.StatusMethodNotAllowed, fhir.IssueTypeNotSupported, "$export takes GET or POST")
+		return
+	}
+	vars, _, ok := h.mount.Match(r.URL.EscapedPath())
+	if !ok {
+		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "not found")
+		return
+	}
+	groupID := c.Param("id")
+	if !exporter.ValidID(groupID) {
+		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "Group "+groupID+" not found")
+		return
+	}
+	params, err := readKickoffParams(r)
+	if err != nil {
+		WriteError(c.Writer, err)
+		return
+	}
+	prefs := parsePrefer(r.Header)
+	req, err := parseKickoff(params, prefs)
+	if err != nil {
+		WriteError(c.Writer, err)
+		return
+	}
+	base := h.publicBase(r, vars)
+	req.Level = exporter.LevelGroup
+	req.GroupID = groupID
+	req.BaseURL = base
+	req.PathVars = vars
+	req.RequestURL = base + "/Group/" + groupID + "/$export"
+	if r.URL.RawQuery != "" {
+		req.RequestURL += "?" + r.URL.RawQuery
+	}
+	job, err := h.svc.Submit(r.Context(), req)
+	if err != nil {
+		h.logError(c, err, "kick-off")
+		WriteError(c.Writer, err)
+		return
+	}
+	c.Header("Content-Location", exporter.StatusURL(job))
+	writeOutcome(c.Writer, http.StatusAccepted, Outcome(fhir.IssueSeverityInformation, fhir.IssueTypeInformational,
+		"export job accepted; poll the URL in Content-Location for its status"))
+}
+
+func (h *handlers) status(c *gin.Context) {
+	id := c.Param("job")
+	if !validJobID(id) {
+		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such export job")
+		return
+	}
+	job, err := h.svc.Get(c.Request.Context(), id)
+	if err != nil {
+		if exporter.ErrorKind(err) == exporter.ENOTFOUND {
+			WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such export job")
+			return
+		}
+		h.logError(c, err, "status")
+		WriteError(c.Writer, err)
+		return
+	}
+	w := c.Writer
+	switch job.State {
+	case exporter.StateQueued, exporter.StateRunning:
+		p := job.Progress
+		progress := fmt.Sprintf("%d%% (%d of %d units, %d resources)", p.Percent(), p.UnitsDone, p.UnitsTotal, p.Resources)
+		if job.State == exporter.StateQueued {
+			progress = "queued"
+		}
+		w.Header().Set("X-Progress", truncate(progress, 99))
+		w.Header().Set("Retry-After", strconv.Itoa(h.retryAfter(job)))
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusAccepted)
+	case exporter.StateCompleted:
+		body, err := json.Marshal(exporter.BuildManifest(job, h.requiresAccessToken))
+		if err != nil {
+			WriteError(w, err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Expires", job.ExpiresAt.UTC().Format(http.TimeFormat))
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(body)
+	case exporter.StateFailed:
+		msg := job.Message
+		if msg == "" {
+			msg = "export failed"
+		}
+		WriteOutcome(w, http.StatusInternalServerError, fhir.IssueTypeException, msg)
+	default:
+		WriteOutcome(w, http.StatusNotFound, fhir.IssueTypeNotFound, "no such export job")
+	}
+}
+
+// retryAfter suggests when to poll next, in seconds: about a third of the
+// estimated remaining time, between 1 second and the configured maximum.
+func (h *handlers) retryAfter(j *exporter.Job) int {
+	maxWait := h.retryAfterMax
+	if maxWait < time.Second {
+		maxWait = 30 * time.Second
+	}
+	wait := time.Second
+	if j.State == exporter.StateRunning && !j.StartedAt.IsZero() {
+		elapsed := time.Since(j.StartedAt)
+		if pc := j.Progress.Percent(); pc > 0 {
+			wait = elapsed * time.Duration(100-pc) / time.Duration(pc) / 3
+		} else {
+			wait = elapsed / 4
+		}
+	}
+	wait = min(max(wait, time.Second), maxWait)
+	return int((wait + time.Second - 1) / time.Second)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+func (h *handlers) deleteJob(c *gin.Context) {
+	id := c.Param("job")
+	if !validJobID(id) {
+		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such export job")
+		return
+	}
+	if err := h.svc.Delete(c.Request.Context(), id); err != nil {
+		if exporter.ErrorKind(err) == exporter.ENOTFOUND {
+			WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such export job")
+			return
+		}
+		h.logError(c, err, "delete")
+		WriteError(c.Writer, err)
+		return
+	}
+	writeOutcome(c.Writer, http.StatusAccepted, Outcome(fhir.IssueSeverityInformation, fhir.IssueTypeInformational,
+		"export job deleted; its files are removed"))
+}
+
+func (h *handlers) file(c *gin.Context) {
+	id := c.Param("file")
+	if !validJobID(id) {
+		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such file")
+		return
+	}
+	r := c.Request
+	job, _, blob, err := h.svc.OpenFile(r.Context(), id)
+	if err != nil {
+		if exporter.ErrorKind(err) == exporter.ENOTFOUND {
+			WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such file")
+			return
+		}
+		h.logError(c, err, "open file")
+		WriteError(c.Writer, err)
+		return
+	}
+	defer blob.Close()
+	w := c.Writer
+	hdr := w.Header()
+	hdr.Set("Content-Type", ContentTypeNDJSON)
+	hdr.Set("Expires", job.ExpiresAt.UTC().Format(http.TimeFormat))
+	hdr.Set("Cache-Control", "private, no-transform")
+	hdr.Add("Vary", "Accept-Encoding")
+	if r.Header.Get("Range") == "" && acceptsGzip(r.Header) {
+		hdr.Set("Content-Encoding", "gzip")
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodHead {
+			return
+		}
+		zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
+		if _, err := io.Copy(zw, blob); err != nil {
+			h.log.Debug().Err(err).Msg("gzip download interrupted")
+			return
+		}
+		_ = zw.Close()
+		return
+	}
+	http.ServeContent(w, r, "", blob.ModTime(), blob)
+}
+
+// acceptsGzip reports whether Accept-Encoding allows gzip (q > 0).
+func acceptsGzip(h http.Header) bool {
+	for _, v := range h.Values("Accept-Encoding") {
+		for _, part := range strings.Split(v, ",") {
+			name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+			if !strings.EqualFold(strings.TrimSpace(name), "gzip") {
+				continue
+			}
+			params = strings.ReplaceAll(params, " ", "")
+			if q, ok := strings.CutPrefix(params, "q="); ok {
+				if f, err := strconv.ParseFloat(q, 64); err == nil && f == 0 {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+)
+
+func kickoffFrom(t *testing.T, method, target, body string, header http.Header) (exporter.Request, error) {
+	t.Helper()
+	r := httptest.NewRequest(method, target, strings.NewReader(body))
+	for k, v := range header {
+		r.Header[k] = v
+	}
+	params, err := readKickoffParams(r)
+	if err != nil {
+		return exporter.Request{}, err
+	}
+	return parseKickoff(params, parsePrefer(r.Header))
+}
+
+func TestKickoffTypes(t *testing.T) {
+	req, err := kickoffFrom(t, "GET", "/Group/g/$export?_type=Patient,Observation&_type=Condition,%20Patient", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(req.Types, ","); got != "Patient,Observation,Condition" || !req.ExplicitTypes {
+		t.Fatalf("types = %s", got)
+	}
+	req, err = kickoffFrom(t, "GET", "/Group/g/$export", "", nil)
+	if err != nil || len(req.Types) != len(exporter.DefaultTypes) || req.ExplicitTypes {
+		t.Fatalf("default types: %v %v", req.Types, err)
+	}
+	for _, bad := range []string{"_type=Foo", "_type=ValueSet", "_type=Patient,observation", "_type=,"} {
+		if _, err := kickoffFrom(t, "GET", "/Group/g/$export?"+bad, "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
+			t.Errorf("%s: want EINVALID, got %v", bad, err)
+		}
+	}
+}
+
+func TestKickoffSinceAndFormat(t *testing.T) {
+	for _, ok := range []string{"2020-01-02T03:04:05Z", "2020-01-02T03:04:05.123+02:00", "2020-01-02T03:04:05%2B02:00", "2020-01-02T03:04:05+02:00"} {
+		req, err := kickoffFrom(t, "GET", "/x?_since="+ok, "", nil)
+		if err != nil || req.Since == nil {
+			t.Errorf("_since=%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"2020-01-02", "yesterday", "2020-01-02T03:04Z", "2020-13-02T03:04:05Z", "2020-01-02T03:04:05"} {
+		if _, err := kickoffFrom(t, "GET", "/x?_since="+bad, "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
+			t.Errorf("_since=%s: want EINVALID, got %v", bad, err)
+		}
+	}
+	for _, f := range []string{"application/fhir%2Bndjson", "application/ndjson", "ndjson"} {
+		if _, err := kickoffFrom(t, "GET", "/x?_outputFormat="+f, "", nil); err != nil {
+			t.Errorf("_outputFormat=%s: %v", f, err)
+		}
+	}
+	if _, err := kickoffFrom(t, "GET", "/x?_outputFormat=text/csv", "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
+		t.Errorf("csv accepted: %v", err)
+	}
+}
+
+func TestKickoffUnsupportedAndLenient(t *testing.T) {
+	if _, err := kickoffFrom(t, "GET", "/x?_typeFilter=Observation%3Fcode%3D1", "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
+		t.Fatalf("_typeFilter without lenient: %v", err)
+	}
+	if _, err := kickoffFrom(t, "GET", "/x?foo=bar", "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
+		t.Fatalf("unknown param without lenient: %v", err)
+	}
+	h := http.Header{"Prefer": {"respond-async, handling=lenient"}}
+	req, err := kickoffFrom(t, "GET", "/x?_typeFilter=Observation%3Fcode%3D1&foo=bar&_type=Patient,Foo", "", h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(req.Ignored) != 3 || !req.Lenient || strings.Join(req.Types, ",") != "Patient" {
+		t.Fatalf("lenient: ignored=%q types=%v", req.Ignored, req.Types)
+	}
+}
+
+func TestKickoffPOSTParameters(t *testing.T) {
+	body := `{"resourceType":"Parameters","parameter":[
+		{"name":"_type","valueString":"Patient,Condition"},
+		{"name":"_type","valueString":"Observation"},
+		{"name":"_since","valueInstant":"2021-05-06T07:08:09Z"},
+		{"name":"_outputFormat","valueString":"application/fhir+ndjson"}]}`
+	h := http.Header{"Content-Type": {"application/fhir+json"}}
+	req, err := kickoffFrom(t, "POST", "/Group/g/$export", body, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(req.Types, ",") != "Patient,Condition,Observation" || req.Since == nil || req.Since.Year() != 2021 {
+		t.Fatalf("got %+v", req)
+	}
+	for _, bad := range []string{`{`, `{"resourceType":"Patient"}`, `{"resourceType":"Parameters","parameter":[{"valueString":"x"}]}`,
+		`{"resourceType":"Parameters","parameter":[{"name":"_type"}]}`} {
+		if _, err := kickoffFrom(t, "POST", "/x", bad, h); exporter.ErrorKind(err) != exporter.EINVALID {
+			t.Errorf("body %s: want EINVALID, got %v", bad, err)
+		}
+	}
+	if _, err := kickoffFrom(t, "POST", "/x", body, http.Header{"Content-Type": {"text/plain"}}); exporter.ErrorKind(err) != exporter.EINVALID {
+		t.Errorf("text/plain body accepted: %v", err)
+	}
+}
+
+func TestMount(t *testing.T) {
+	m, err := ParseMount("/r4/{tenant}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars, rest, ok := m.Match("/r4/acme/Patient/1")
+	if !ok || vars["tenant"] != "acme" || rest != "/Patient/1" {
+		t.Fatalf("match: %v %q %v", vars, rest, ok)
+	}
+	for _, p := range []string{"/r5/acme/Patient", "/r4", "/r4/../x", "/r4/%2F/x"} {
+		if _, _, ok := m.Match(p); ok {
+			t.Errorf("%s matched", p)
+		}
+	}
+	if got := Expand("http://up/{tenant}/fhir", map[string]string{"tenant": "a b"}); got != "http://up/a%20b/fhir" {
+		t.Errorf("expand: %s", got)
+	}
+	if m.GinPattern() != "/r4/:tenant" {
+		t.Errorf("gin pattern %s", m.GinPattern())
+	}
+	for _, bad := range []string{"/a//b", "/{}", "/a:b"} {
+		if _, err := ParseMount(bad); err == nil {
+			t.Errorf("ParseMount(%q) accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,128 @@
+// Package proxy is the HTTP face of fhir-bulk-proxy: the pass-through
+// reverse proxy to the upstream FHIR server, the $export kick-off, the
+// /bulk-export/jobs and /bulk-export/files endpoints and the augmented
+// CapabilityStatement, with errors as OperationOutcomes.
+package proxy
+
+import (
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+	"github.com/gin-gonic/gin"
+	"github.com/rs/zerolog"
+	"github.com/samply/golang-fhir-models/fhir-models/fhir"
+)
+
+// Options configures the HTTP handler.
+type Options struct {
+	Service     *exporter.Service
+	PassThrough *PassThrough
+	Mount       *Mount
+	// PublicURL is the public FHIR base template (may hold the mount's
+	// placeholders); "" builds it from the request's Host and the mount.
+	PublicURL string
+	// RetryAfterMax caps the Retry-After of status responses (default 30s).
+	RetryAfterMax time.Duration
+	// RequiresAccessToken is reported in manifests.
+	RequiresAccessToken bool
+	Logger              zerolog.Logger
+}
+
+type handlers struct {
+	svc                 *exporter.Service
+	mount               *Mount
+	publicURL           string
+	retryAfterMax       time.Duration
+	requiresAccessToken bool
+	log                 zerolog.Logger
+}
+
+// NewHandler returns the proxy's HTTP handler: bulk routes under the mount,
+// everything else passed through to the upstream.
+func NewHandler(o Options) http.Handler {
+	h := &handlers{
+		svc: o.Service, mount: o.Mount, publicURL: strings.TrimRight(o.PublicURL, "/"),
+		retryAfterMax: o.RetryAfterMax, requiresAccessToken: o.RequiresAccessToken, log: o.Logger,
+	}
+	// gin's debug mode prints every route at start; the proxy logs with
+	// zerolog instead. The mode is gin's process-wide setting.
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	e.RedirectTrailingSlash = false
+	e.RedirectFixedPath = false
+	e.HandleMethodNotAllowed = false
+	e.UseRawPath = true
+	e.UnescapePathValues = true
+	e.Use(h.recover, h.accessLog)
+
+	base := o.Mount.GinPattern()
+	e.Any(base+"/Group/:id/$export", h.kickoffGroup)
+	e.GET(base+"/bulk-export/jobs/:job", h.status)
+	e.DELETE(base+"/bulk-export/jobs/:job", h.deleteJob)
+	e.GET(base+"/bulk-export/files/:file", h.file)
+	e.HEAD(base+"/bulk-export/files/:file", h.file)
+	e.GET(base+"/metadata", gin.WrapF(o.PassThrough.ServeMetadata))
+	e.HEAD(base+"/metadata", gin.WrapF(o.PassThrough.ServeMetadata))
+	e.NoRoute(gin.WrapH(o.PassThrough))
+	return e
+}
+
+// PublicBase returns the absolute public FHIR base for a request.
+func (h *handlers) publicBase(r *http.Request, vars map[string]string) string {
+	return PublicBase(h.publicURL, h.mount, r, vars)
+}
+
+// PublicBase returns the absolute public FHIR base: the configured template
+// with the placeholders filled in, or the request's scheme and Host with
+// the mount path.
+func PublicBase(template string, m *Mount, r *http.Request, vars map[string]string) string {
+	if template != "" {
+		return strings.TrimRight(Expand(template, vars), "/")
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host + Expand(m.String(), vars)
+}
+
+func (h *handlers) logError(c *gin.Context, err error, what string) {
+	ev := h.log.Warn()
+	if exporter.ErrorKind(err) == exporter.EINTERNAL {
+		ev = h.log.Error()
+	}
+	ev.Err(err).Str("path", c.Request.URL.Path).Msg(what + " failed")
+}
+
+// recover turns a panic in a handler into a 500 OperationOutcome.
+func (h *handlers) recover(c *gin.Context) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			h.log.Error().Interface("panic", v).Str("path", c.Request.URL.Path).Msg("handler panicked")
+			if !c.Writer.Written() {
+				WriteOutcome(c.Writer, http.StatusInternalServerError, fhir.IssueTypeException, "internal error")
+			}
+			c.Abort()
+		}
+	}()
+	c.Next()
+}
+
+// accessLog writes one line per request. Query strings are logged; headers
+// (which may carry tokens) are not.
+func (h *handlers) accessLog(c *gin.Context) {
+	start := time.Now()
+	c.Next()
+	h.log.Info().
+		Str("method", c.Request.Method).
+		Str("path", c.Request.URL.Path).
+		Int("status", c.Writer.Status()).
+		Int("bytes", c.Writer.Size()).
+		Dur("took", time.Since(start)).
+		Msg("request")
+}

@@ -66,6 +66,9 @@ func newEnv(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config)) *e
 // start starts (or restarts) the proxy on the env's data directory.
 func (e *env) start() {
 	e.t.Helper()
+	if e.app != nil {
+		e.cfg.Listen = e.app.Addr() // same port: the URLs clients hold stay valid
+	}
 	a, err := New(e.cfg, zerolog.Nop())
 	if err != nil {
 		e.t.Fatal(err)

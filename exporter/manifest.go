@@ -1,7 +1,5 @@
 package exporter
 
-import "time"
-
 // Manifest is the body of a completed status request (Bulk Data IG).
 type Manifest struct {
 	TransactionTime     string         `json:"transactionTime"`
@@ -34,7 +32,7 @@ func StatusURL(j *Job) string {
 // no resources are never listed (they are never created).
 func BuildManifest(j *Job, requiresAccessToken bool) Manifest {
 	m := Manifest{
-		TransactionTime:     j.TransactionTime.UTC().Format(time.RFC3339Nano),
+		TransactionTime:     j.TransactionTime.UTC().Format(instantFormat),
 		Request:             j.Request.RequestURL,
 		RequiresAccessToken: requiresAccessToken,
 		Output:              []ManifestFile{},

@@ -1,0 +1,452 @@
+// Package fhirtest is a synthetic FHIR R4 server used as the upstream in
+// tests, demos and benchmarks of fhir-bulk-proxy.
+//
+// New generates a deterministic population of patients with a realistic mix
+// of clinical resources plus shared Practitioners, Organizations, Locations,
+// PractitionerRoles, Medications and Groups. Handler serves them with the
+// REST behaviour of a typical server (HAPI FHIR): searchset Bundles with
+// opaque, expiring next links, _count caps, comma OR lists, _lastUpdated
+// ranges, strict rejection of unknown parameters, and injectable latency,
+// errors and throttling. Expected computes the ground truth of a bulk export
+// directly from the data.
+package fhirtest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options configures a Server. The zero value is usable: every zero field
+// takes its documented default.
+type Options struct {
+	// Patients is the number of patients (default 100).
+	Patients int
+	// Seed seeds the generator; the same Seed and Patients give
+	// byte-identical data.
+	Seed int64
+	// BasePath is the path the FHIR base is served under (default "/fhir";
+	// "/" serves at the root).
+	BasePath string
+	// DefaultCount is the page size when _count is absent or 0 (default 50).
+	DefaultCount int
+	// MaxCount caps _count (default 1000).
+	MaxCount int
+	// PageTTL is how long a next link stays valid (default 10m). Expired or
+	// unknown page tokens are answered 410 Gone with an OperationOutcome.
+	PageTTL time.Duration
+	// Latency is added to every request; the sleep ends early when the
+	// request's context is cancelled.
+	Latency time.Duration
+	// MaxConcurrent, if > 0, limits how many requests are served at once;
+	// the others wait (this models a server's capacity).
+	MaxConcurrent int
+	// NoORLists makes a comma in any search value answer 400 with an
+	// OperationOutcome "OR lists not supported".
+	NoORLists bool
+	// ErrorRate is the share of search and page requests answered 500.
+	ErrorRate float64
+	// ThrottleRate is the share of search and page requests answered 429
+	// with Retry-After.
+	ThrottleRate float64
+	// RetryAfter is the Retry-After of 429 answers, sent as delta-seconds
+	// (rounded up, at least 1; default 1s).
+	RetryAfter time.Duration
+	// FailTypes lists resource types whose searches always answer 500.
+	FailTypes []string
+	// OutcomeEntries adds an OperationOutcome entry with search.mode
+	// "outcome" to every search page, as HAPI does for warnings.
+	OutcomeEntries bool
+	// Pretty indents JSON responses.
+	Pretty bool
+}
+
+func (o Options) withDefaults() Options {
+	if o.Patients <= 0 {
+		o.Patients = 100
+	}
+	switch o.BasePath {
+	case "":
+		o.BasePath = "/fhir"
+	case "/":
+		o.BasePath = ""
+	default:
+		o.BasePath = "/" + strings.Trim(o.BasePath, "/")
+	}
+	if o.DefaultCount <= 0 {
+		o.DefaultCount = 50
+	}
+	if o.MaxCount <= 0 {
+		o.MaxCount = 1000
+	}
+	if o.DefaultCount > o.MaxCount {
+		o.DefaultCount = o.MaxCount
+	}
+	if o.PageTTL <= 0 {
+		o.PageTTL = 10 * time.Minute
+	}
+	if o.RetryAfter <= 0 {
+		o.RetryAfter = time.Second
+	}
+	return o
+}
+
+// resource is one stored resource. Bodies are immutable once stored, so a
+// *resource may be shared freely between goroutines.
+type resource struct {
+	id       string
+	seq      int   // position in its type's list (the stable search order)
+	lu       int64 // meta.lastUpdated, unix milliseconds
+	version  int
+	body     []byte   // compact JSON, exactly as served
+	patients []string // ids of the patients whose compartment holds it
+}
+
+// typeStore holds the resources of one type.
+type typeStore struct {
+	name   string
+	list   []*resource
+	byID   map[string]*resource
+	comp   map[string][]*resource // patient id -> compartment members, by seq
+	nextID int
+}
+
+func newTypeStore(name string) *typeStore {
+	return &typeStore{name: name, byID: map[string]*resource{}, comp: map[string][]*resource{}, nextID: 1}
+}
+
+// load installs generated resources (ordered) and builds the indexes.
+// Generated compartment members of one patient are contiguous, so the
+// compartment index is made of capacity-limited sub-slices of list.
+func (ts *typeStore) load(backing []resource) {
+	ts.list = make([]*resource, len(backing))
+	ts.byID = make(map[string]*resource, len(backing))
+	for i := range backing {
+		r := &backing[i]
+		r.seq = i
+		ts.list[i] = r
+		ts.byID[r.id] = r
+		if n, err := strconv.Atoi(r.id); err == nil && n >= ts.nextID {
+			ts.nextID = n + 1
+		}
+	}
+	for i := 0; i < len(ts.list); {
+		r := ts.list[i]
+		if len(r.patients) != 1 {
+			for _, p := range r.patients {
+				ts.comp[p] = append(ts.comp[p], r)
+			}
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(ts.list) && len(ts.list[j].patients) == 1 && ts.list[j].patients[0] == r.patients[0] {
+			j++
+		}
+		p := r.patients[0]
+		if cur, ok := ts.comp[p]; ok {
+			ts.comp[p] = append(cur[:len(cur):len(cur)], ts.list[i:j]...)
+		} else {
+			ts.comp[p] = ts.list[i:j:j]
+		}
+		i = j
+	}
+}
+
+// Server is a synthetic FHIR R4 server. It is safe for concurrent use.
+type Server struct {
+	opts      Options
+	failTypes map[string]bool
+
+	mu    sync.RWMutex
+	types map[string]*typeStore
+
+	pages pageCache
+	sem   chan struct{}
+
+	faultMu  sync.Mutex
+	faultRng *rand.Rand
+
+	requests atomic.Int64
+	ctrMu    sync.Mutex
+	byType   map[string]int64
+
+	capOnce sync.Once
+	capBody []byte
+}
+
+// New generates the data set described by opts and returns the server.
+// Generation is deterministic in opts.Seed and opts.Patients and takes a few
+// seconds for 5,000 patients (about a million resources).
+func New(opts Options) *Server {
+	o := opts.withDefaults()
+	s := &Server{
+		opts:      o,
+		failTypes: map[string]bool{},
+		types:     map[string]*typeStore{},
+		byType:    map[string]int64{},
+		faultRng:  rand.New(rand.NewPCG(uint64(o.Seed), 0xfa017)),
+	}
+	for _, t := range o.FailTypes {
+		s.failTypes[t] = true
+	}
+	if o.MaxConcurrent > 0 {
+		s.sem = make(chan struct{}, o.MaxConcurrent)
+	}
+	s.pages.m = map[string]*snapshot{}
+	for _, t := range servedTypes() {
+		s.types[t] = newTypeStore(t)
+	}
+	s.generate()
+	return s
+}
+
+// Options returns the effective options (with defaults applied).
+func (s *Server) Options() Options { return s.opts }
+
+// GroupIDs returns the ids of all Groups, in server order.
+func (s *Server) GroupIDs() []string { return s.ids("Group") }
+
+// PatientIDs returns the ids of all Patients, in server order.
+func (s *Server) PatientIDs() []string { return s.ids("Patient") }
+
+func (s *Server) ids(typ string) []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ts := s.types[typ]
+	out := make([]string, len(ts.list))
+	for i, r := range ts.list {
+		out[i] = r.id
+	}
+	return out
+}
+
+// Count returns the number of resources of resourceType.
+func (s *Server) Count(resourceType string) int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if ts := s.types[resourceType]; ts != nil {
+		return len(ts.list)
+	}
+	return 0
+}
+
+// Resource returns the stored JSON of one resource, or nil.
+func (s *Server) Resource(resourceType, id string) []byte {
+	if r := s.lookup(resourceType, id); r != nil {
+		return r.body
+	}
+	return nil
+}
+
+func (s *Server) lookup(typ, id string) *resource {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if ts := s.types[typ]; ts != nil {
+		return ts.byID[id]
+	}
+	return nil
+}
+
+// Members returns the ids of the Group's active Patient members,
+// de-duplicated, in member order. Inactive members and members that are not
+// Patients are skipped. An unknown group gives nil.
+func (s *Server) Members(groupID string) []string {
+	r := s.lookup("Group", groupID)
+	if r == nil {
+		return nil
+	}
+	var g struct {
+		Member []struct {
+			Entity   struct{ Reference string } `json:"entity"`
+			Inactive bool                       `json:"inactive"`
+		} `json:"member"`
+	}
+	if err := json.Unmarshal(r.body, &g); err != nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	out := []string{}
+	for _, m := range g.Member {
+		if m.Inactive {
+			continue
+		}
+		typ, id, ok := splitRef(m.Entity.Reference)
+		if !ok || typ != "Patient" || seen[id] {
+			continue
+		}
+		seen[id] = true
+		out = append(out, id)
+	}
+	return out
+}
+
+// Requests returns the number of requests served (all kinds) since New or
+// the last ResetCounters.
+func (s *Server) Requests() int64 { return s.requests.Load() }
+
+// RequestsByType returns the number of searches and page fetches per
+// resource type since New or the last ResetCounters.
+func (s *Server) RequestsByType() map[string]int64 {
+	s.ctrMu.Lock()
+	defer s.ctrMu.Unlock()
+	out := make(map[string]int64, len(s.byType))
+	for k, v := range s.byType {
+		out[k] = v
+	}
+	return out
+}
+
+// ResetCounters zeroes Requests and RequestsByType.
+func (s *Server) ResetCounters() {
+	s.ctrMu.Lock()
+	s.byType = map[string]int64{}
+	s.requests.Store(0)
+	s.ctrMu.Unlock()
+}
+
+func (s *Server) countType(typ string) {
+	s.ctrMu.Lock()
+	s.byType[typ]++
+	s.ctrMu.Unlock()
+}
+
+// errBadResource reports an unusable body given to Create.
+var errBadResource = errors.New("fhirtest: invalid resource")
+
+// Create stores a new resource of resourceType, as POST [type] does: the
+// server assigns the id and meta (versionId 1, lastUpdated now) and returns
+// the id. The resource's compartment is derived from its patient
+// references.
+func (s *Server) Create(resourceType string, resource []byte) (string, error) {
+	r, err := s.create(resourceType, resource)
+	if err != nil {
+		return "", err
+	}
+	return r.id, nil
+}
+
+func (s *Server) create(typ string, body []byte) (*resource, error) {
+	if s.types[typ] == nil {
+		return nil, fmt.Errorf("%w: unknown resource type %q", errBadResource, typ)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil || m == nil {
+		return nil, fmt.Errorf("%w: body is not a JSON object", errBadResource)
+	}
+	if rt, ok := m["resourceType"]; ok && rt != typ {
+		return nil, fmt.Errorf("%w: resourceType %v does not match %s", errBadResource, rt, typ)
+	}
+	var patients []string
+	if typ == "Patient" {
+		patients = nil // filled with the new id below
+	} else if p, ok := compartmentPaths[typ]; ok {
+		for _, leaf := range collectPath(m, strings.Split(p, "."), nil) {
+			if ref, ok := leafReference(leaf); ok {
+				if t, id, ok := splitRef(ref); ok && t == "Patient" && !slices.Contains(patients, id) {
+					patients = append(patients, id)
+				}
+			}
+		}
+	}
+	meta, _ := m["meta"].(map[string]any)
+	lu := time.Now().UTC().UnixMilli()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ts := s.types[typ]
+	id := strconv.Itoa(ts.nextID)
+	for ts.byID[id] != nil {
+		ts.nextID++
+		id = strconv.Itoa(ts.nextID)
+	}
+	ts.nextID++
+	if typ == "Patient" {
+		patients = []string{id}
+	}
+
+	var w jw
+	w.obj()
+	w.ks("resourceType", typ)
+	w.ks("id", id)
+	w.ko("meta")
+	w.ks("versionId", "1")
+	w.kt("lastUpdated", lu, layoutInstant)
+	for _, k := range sortedKeys(meta) {
+		if k == "versionId" || k == "lastUpdated" {
+			continue
+		}
+		w.key(k)
+		w.rawBytes(mustMarshal(meta[k]))
+	}
+	w.end()
+	for _, k := range sortedKeys(m) {
+		if k == "resourceType" || k == "id" || k == "meta" {
+			continue
+		}
+		w.key(k)
+		w.rawBytes(mustMarshal(m[k]))
+	}
+	w.end()
+
+	r := &resource{id: id, seq: len(ts.list), lu: lu, version: 1, body: w.b, patients: patients}
+	ts.list = append(ts.list, r)
+	ts.byID[id] = r
+	for _, p := range patients {
+		ts.comp[p] = append(ts.comp[p], r)
+	}
+	return r, nil
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func mustMarshal(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return []byte("null")
+	}
+	return b
+}
+
+// splitRef parses a reference "Type/id", "Type/id/_history/n" or an
+// absolute URL ending in one of those. Contained ("#x") and urn:
+// references give ok=false.
+func splitRef(ref string) (typ, id string, ok bool) {
+	if ref == "" || ref[0] == '#' || strings.HasPrefix(ref, "urn:") {
+		return "", "", false
+	}
+	if i := strings.Index(ref, "?"); i >= 0 {
+		ref = ref[:i]
+	}
+	parts := strings.Split(strings.TrimRight(ref, "/"), "/")
+	if n := len(parts); n >= 4 && parts[n-2] == "_history" {
+		parts = parts[:n-2]
+	}
+	n := len(parts)
+	if n < 2 || parts[n-1] == "" || parts[n-2] == "" {
+		return "", "", false
+	}
+	t := parts[n-2]
+	if t[0] < 'A' || t[0] > 'Z' {
+		return "", "", false
+	}
+	return t, parts[n-1], true
+}

@@ -3,8 +3,6 @@ package exporter
 import (
 	"context"
 	"encoding/json"
-	"slices"
-	"sync"
 )
 
 // groupResource is the part of a Group the exporter reads.
@@ -49,69 +47,4 @@ func readGroup(ctx context.Context, up Upstream, id string) ([]string, error) {
 		members = append(members, pid)
 	}
 	return members, nil
-}
-
-// refSet collects references to the referenced types an export wants and
-// hands out the ones not yet requested.
-type refSet struct {
-	wanted map[string]bool
-	mu     sync.Mutex
-	// pending and requested map type -> id.
-	pending   map[string]map[string]struct{}
-	requested map[string]map[string]struct{}
-}
-
-func newRefSet(wanted map[string]bool) *refSet {
-	return &refSet{
-		wanted:    wanted,
-		pending:   map[string]map[string]struct{}{},
-		requested: map[string]map[string]struct{}{},
-	}
-}
-
-// active reports whether any referenced type is wanted.
-func (s *refSet) active() bool { return len(s.wanted) > 0 }
-
-// add records a reference; unwanted types and requested ids are dropped.
-func (s *refSet) add(resourceType, id string) {
-	if !s.wanted[resourceType] {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.requested[resourceType][id]; ok {
-		return
-	}
-	p := s.pending[resourceType]
-	if p == nil {
-		p = map[string]struct{}{}
-		s.pending[resourceType] = p
-	}
-	p[id] = struct{}{}
-}
-
-// take returns the pending ids by type, minus those that done reports as
-// already exported, and marks them requested.
-func (s *refSet) take(done func(resourceType, id string) bool) map[string][]string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := map[string][]string{}
-	for t, ids := range s.pending {
-		req := s.requested[t]
-		if req == nil {
-			req = map[string]struct{}{}
-			s.requested[t] = req
-		}
-		for id := range ids {
-			req[id] = struct{}{}
-			if !done(t, id) {
-				out[t] = append(out[t], id)
-			}
-		}
-	}
-	s.pending = map[string]map[string]struct{}{}
-	for t := range out {
-		slices.Sort(out[t])
-	}
-	return out
 }

@@ -28,12 +28,17 @@ type Store interface {
 	// Update changes a job without changing its state. An error from mutate
 	// aborts the change. The State field must not be changed by mutate.
 	Update(ctx context.Context, id string, mutate func(*Job) error) (*Job, error)
-	// Delete removes the job and its file index entries. Deleting a missing
-	// job is not an error.
+	// Delete removes the job, its work units and its file index entries.
+	// Deleting a missing job is not an error.
 	Delete(ctx context.Context, id string) error
 	// FileJob returns the job that owns the file with the given public id, and
 	// the file; ErrNotFound when no job has it.
 	FileJob(ctx context.Context, fileID string) (*Job, File, error)
+	// PutUnits creates or replaces work units of a job (by Unit.ID). It
+	// fails with ENOTFOUND when the job does not exist.
+	PutUnits(ctx context.Context, jobID string, units []Unit) error
+	// Units returns the work units of a job, by ID; none when it has none.
+	Units(ctx context.Context, jobID string) ([]Unit, error)
 	// Close releases the store.
 	Close() error
 }
@@ -56,6 +61,17 @@ type Blob interface {
 	ModTime() time.Time
 }
 
+// Part is an append-only working file of a running job (a unit's part
+// file). It is never served. It is not safe for concurrent use.
+type Part interface {
+	io.Writer
+	// Sync makes everything written so far durable.
+	Sync() error
+	// Truncate cuts the file to size bytes and continues writing there.
+	Truncate(size int64) error
+	Close() error
+}
+
 // Blobs stores the NDJSON content of jobs. Keys are chosen by the exporter:
 // "{jobID}/{name}", both made of [A-Za-z0-9._-].
 type Blobs interface {
@@ -63,6 +79,13 @@ type Blobs interface {
 	Open(ctx context.Context, key string) (Blob, error)
 	// DeleteJob removes every blob whose key starts with jobID + "/".
 	DeleteJob(ctx context.Context, jobID string) error
+	// OpenPart opens the part file key for appending, creating it if needed;
+	// writes go to its end.
+	OpenPart(ctx context.Context, key string) (Part, error)
+	// ReadPart opens a part file for reading; ENOTFOUND if missing.
+	ReadPart(ctx context.Context, key string) (io.ReadCloser, error)
+	// RemoveParts removes every part file of a job.
+	RemoveParts(ctx context.Context, jobID string) error
 }
 
 // Page is one page of an upstream search.
@@ -94,6 +117,10 @@ type Upstream interface {
 	// long), follows next links on the upstream's origin only, and calls fn
 	// for every page. An error from fn stops the search and is returned.
 	Search(ctx context.Context, resourceType string, params url.Values, fn func(*Page) error) error
+	// SearchNext continues a search from a next link an earlier page gave,
+	// with the same rules as Search. An expired link answers 404 or 410
+	// (visible through UpstreamStatus).
+	SearchNext(ctx context.Context, resourceType, next string, fn func(*Page) error) error
 	// Capabilities returns the resource types the upstream supports (nil
 	// when it does not say).
 	Capabilities(ctx context.Context) (*Capabilities, error)

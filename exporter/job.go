@@ -157,6 +157,11 @@ type Job struct {
 	// requests answer 404 and the job's files are removed.
 	Deleted  bool     `json:"deleted,omitempty"`
 	Progress Progress `json:"progress"`
+	// Stage records the checkpointed step of a running job:
+	// "" while compartment searches run, StageSealed once their types'
+	// files are sealed (listed in Files) and the first reference round is
+	// planned.
+	Stage string `json:"stage,omitempty"`
 	// Files lists the sealed files, in manifest order.
 	Files []File `json:"files,omitempty"`
 }
@@ -189,3 +194,61 @@ func (j *Job) Visible(now time.Time) bool {
 }
 
 func (j *Job) String() string { return fmt.Sprintf("job %s (%s)", j.ID, j.State) }
+
+// StageSealed is the Job.Stage after the compartment types are sealed.
+const StageSealed = "compartment-sealed"
+
+// UnitState is the state of a work unit.
+type UnitState string
+
+// Unit states.
+const (
+	UnitPending UnitState = "pending"
+	UnitDone    UnitState = "done"
+	UnitFailed  UnitState = "failed"
+)
+
+// Unit is one work unit of a job: one search of one resource type for a set
+// of values of its selecting parameter (a batch of patients, or of resource
+// ids), with its checkpoint. Units are persisted when planned and after
+// every page, so that a restarted job continues where it stopped.
+type Unit struct {
+	// ID orders the units of a job; it is unique within the job.
+	ID int `json:"id"`
+	// Round is 0 for compartment searches and k >= 1 for the k-th round of
+	// referenced-resource fetches.
+	Round  int       `json:"round"`
+	Type   string    `json:"type"`
+	Param  string    `json:"param"`
+	Values []string  `json:"values"`
+	State  UnitState `json:"state"`
+	// Next is the upstream next link to continue from; "" before the first
+	// page and after the last.
+	Next string `json:"next,omitempty"`
+	// PartLen is the length of the unit's part file that the checkpoint
+	// covers; bytes beyond it are cut off when the unit resumes.
+	PartLen int64 `json:"partLen"`
+	// Count is the number of resources in the part file up to PartLen.
+	Count int64 `json:"count"`
+	// Pages counts the pages written.
+	Pages int `json:"pages"`
+	// Restarts counts restarts from the first page after the upstream
+	// forgot the paging cursor.
+	Restarts int `json:"restarts,omitempty"`
+	// Error is the client-safe reason of a failed unit.
+	Error string `json:"error,omitempty"`
+	// Split is set when the upstream refused a comma list for the type: the
+	// unit then searches its values one at a time, Sub being the index of
+	// the value being searched.
+	Split bool `json:"split,omitempty"`
+	Sub   int  `json:"sub,omitempty"`
+	// StartLen and StartCount are PartLen and Count when the current search
+	// (or sub-search) began: a restart cuts the part file back to them.
+	StartLen   int64 `json:"startLen,omitempty"`
+	StartCount int64 `json:"startCount,omitempty"`
+}
+
+// PartKey returns the Blobs key of the unit's part file.
+func (u *Unit) PartKey(jobID string) string {
+	return fmt.Sprintf("%s/part-%06d.ndjson", jobID, u.ID)
+}

@@ -10,12 +10,41 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 )
+
+// DESIGN: how a job survives crashes, restarts and forgetful upstreams.
+//
+// A job is planned into work units (Unit): one search of one type for a
+// batch of patients (round 0), then rounds of _id fetches of referenced
+// resources (rounds 1, 2, ...). Units are persisted when planned. Each unit
+// appends the resources of every page to its own part file as lines
+// "id<TAB>json", fsyncs it, and then checkpoints in the store the length of
+// the part file, the count, and the upstream's next link. A restarted unit
+// cuts its part file back to the checkpointed length and continues from the
+// checkpointed next link, so at most the page that was in flight is fetched
+// again, and finished units are never fetched again.
+//
+// Upstream paging cursors expire (HAPI forgets them after a while). When a
+// next link answers 404 or 410, the unit cuts its part file back to where
+// its search began and runs the search again from the first page. Nothing
+// is written twice and nothing is skipped, whatever order the upstream
+// returns, at the price of re-reading that unit's earlier pages. (A stable
+// sort on _lastUpdated and _id would allow a keyed restart, but many
+// upstreams support neither _sort nor a tie-breaking order.)
+//
+// Output files are built from the part files only when a phase is over:
+// the compartment types after round 0, the referenced types at the end.
+// Building reads the parts in unit order, drops repeated ids (a resource in
+// two patients' compartments), writes the sealed files (tmp, fsync, rename,
+// fsync dir) and, for the compartment types, collects the references that
+// plan the first reference round. The sealed files and the next round are
+// persisted before the job moves on; building again after a crash gives the
+// same files. The job completes only after every file is sealed.
 
 // instantFormat is how instants are sent to the upstream: millisecond
 // precision, so that gt/le bound exactly the instant and not a whole second.
@@ -23,6 +52,14 @@ const instantFormat = "2006-01-02T15:04:05.000Z07:00"
 
 // progressEvery bounds how often a running job writes its progress.
 const progressEvery = 500 * time.Millisecond
+
+// maxRestarts bounds how often a unit starts its search over after the
+// upstream forgot its paging cursor.
+const maxRestarts = 5
+
+// narrowAfter is the number of restarts after which a unit of several
+// values searches them one at a time (shorter searches, fewer pages).
+const narrowAfter = 2
 
 // execute runs a claimed job to its end and records the outcome.
 func (s *Service) execute(ctx context.Context, j *Job) {
@@ -36,7 +73,7 @@ func (s *Service) execute(ctx context.Context, j *Job) {
 	case errors.Is(cause, errDeleted):
 		log.Info().Msg("export job deleted while running")
 		s.purge(bg, j.ID)
-	case errors.Is(cause, errShutdown):
+	case errors.Is(cause, errShutdown) || errors.Is(err, errShutdown):
 		_, terr := s.opts.Store.Transition(bg, j.ID, StateRunning, StateQueued, "interrupted by shutdown", func(j *Job) error {
 			j.WorkerID, j.LeaseUntil = "", time.Time{}
 			return nil
@@ -44,7 +81,7 @@ func (s *Service) execute(ctx context.Context, j *Job) {
 		if terr != nil && !errors.Is(terr, ErrConflict) {
 			log.Error().Err(terr).Msg("requeue interrupted job")
 		}
-		log.Info().Msg("export job interrupted by shutdown; it runs again at the next start")
+		log.Info().Msg("export job interrupted by shutdown; it resumes at the next start")
 	case errors.Is(err, ErrConflict):
 		// The job left the running state under us: it was deleted.
 		if cur, gerr := s.opts.Store.Get(bg, j.ID); gerr == nil && cur.Deleted {
@@ -75,8 +112,22 @@ func failureMessage(err error) string {
 	if k := ErrorKind(err); k != EINTERNAL {
 		return "export failed: " + ErrorMessage(err)
 	}
+	if errors.Is(err, syscall.ENOSPC) {
+		return "export failed: the server ran out of disk space for the export files"
+	}
+	var fe *fatal
+	if errors.As(err, &fe) {
+		return "export failed: the server could not store the export"
+	}
 	return "export failed because of an internal error"
 }
+
+// fatal marks errors that end the job (storage, store), as opposed to
+// upstream failures that end one unit.
+type fatal struct{ err error }
+
+func (f *fatal) Error() string { return f.err.Error() }
+func (f *fatal) Unwrap() error { return f.err }
 
 // jobRun is the state of one run of one job.
 type jobRun struct {
@@ -87,125 +138,136 @@ type jobRun struct {
 	base string // upstream base URL
 
 	lastUpdated []string // _lastUpdated bounds sent with every search
+	wanted      map[string]bool
 
-	writers map[string]*typeWriter
-	refs    *refSet
-
-	resources atomic.Int64
-	mu        sync.Mutex
-	progress  Progress
-	lastSave  time.Time
-}
-
-// unit is one search: a resource type and a set of values for its
-// compartment parameter (patient ids, or resource ids for _id).
-type unit struct {
-	rtype string
-	param string
-	ids   []string
+	mu       sync.Mutex // guards units' progress view and lastSave
+	units    []Unit
+	lastSave time.Time
+	phase    string
 }
 
 func (s *Service) runJob(ctx context.Context, j *Job, log zerolog.Logger) error {
-	if err := s.opts.Blobs.DeleteJob(ctx, j.ID); err != nil { // leftovers of an earlier attempt
-		return fmt.Errorf("clean earlier attempt: %w", err)
-	}
 	up, err := s.opts.UpstreamFor(j.Request.PathVars)
 	if err != nil {
 		return err
 	}
-	r := &jobRun{s: s, job: j, up: up, log: log, base: up.BaseURL(), writers: map[string]*typeWriter{}}
+	r := &jobRun{s: s, job: j, up: up, log: log, base: up.BaseURL(), wanted: map[string]bool{}}
 	r.lastUpdated = []string{"le" + j.TransactionTime.UTC().Format(instantFormat)}
 	if j.Request.Since != nil {
 		r.lastUpdated = append(r.lastUpdated, "gt"+j.Request.Since.UTC().Format(instantFormat))
 	}
-	wanted := map[string]bool{}
 	for _, t := range j.Request.Types {
-		r.writers[t] = newTypeWriter(ctx, s.opts.Blobs, j.ID, t, KindOutput, s.opts.MaxFileSize)
 		if IsReferencedType(t) {
-			wanted[t] = true
+			r.wanted[t] = true
 		}
 	}
-	r.refs = newRefSet(wanted)
-	defer func() {
-		for _, w := range r.writers {
-			w.abort()
+	if r.units, err = s.opts.Store.Units(ctx, j.ID); err != nil {
+		return &fatal{err}
+	}
+	if len(r.units) == 0 {
+		if err := r.plan(ctx); err != nil {
+			return err
 		}
-	}()
+	} else {
+		log.Info().Int("units", len(r.units)).Msg("resuming from checkpoints")
+	}
 
+	// Round 0: compartment searches, then their files.
+	r.setPhase("searching compartment resources")
+	if err := r.runRound(ctx, 0); err != nil {
+		return err
+	}
+	if r.job.Stage != StageSealed {
+		if err := r.sealCompartment(ctx); err != nil {
+			return err
+		}
+	}
+	// Referenced resources, round by round.
+	for round := 1; r.hasRound(round); round++ {
+		r.setPhase(fmt.Sprintf("fetching referenced resources (round %d)", round))
+		if err := r.runRound(ctx, round); err != nil {
+			return err
+		}
+		if r.hasRound(round + 1) {
+			continue // planned before a restart
+		}
+		refs, err := r.scanRound(ctx, round)
+		if err != nil {
+			return err
+		}
+		if err := r.planRefs(ctx, refs, round+1); err != nil {
+			return err
+		}
+	}
+	r.setPhase("sealing files")
+	return r.complete(ctx)
+}
+
+// plan resolves the patients and persists the round-0 units.
+func (r *jobRun) plan(ctx context.Context) error {
+	// Nothing of an earlier attempt that died before planning is kept.
+	if err := r.s.opts.Blobs.DeleteJob(ctx, r.job.ID); err != nil {
+		return &fatal{fmt.Errorf("clean earlier attempt: %w", err)}
+	}
 	var members []string
-	switch j.Request.Level {
+	var err error
+	switch r.job.Request.Level {
 	case LevelGroup:
-		r.setPhase("reading Group " + j.Request.GroupID)
-		if members, err = readGroup(ctx, up, j.Request.GroupID); err != nil {
+		r.setPhase("reading Group " + r.job.Request.GroupID)
+		if members, err = readGroup(ctx, r.up, r.job.Request.GroupID); err != nil {
 			return err
 		}
 	default:
-		return Errorf(EINVALID, "export level %q is not supported", j.Request.Level)
+		return Errorf(EINVALID, "export level %q is not supported", r.job.Request.Level)
 	}
-
-	units := r.plan(members)
-	nRef := len(wanted)
-	r.mu.Lock()
-	r.progress = Progress{UnitsTotal: len(units) + nRef, Phase: "searching compartment resources"}
-	r.mu.Unlock()
-	if err := r.runUnits(ctx, units); err != nil {
-		return err
-	}
-	if nRef > 0 {
-		r.setPhase("fetching referenced resources")
-		if err := r.fetchReferenced(ctx); err != nil {
-			return err
-		}
-		r.mu.Lock()
-		r.progress.UnitsDone += nRef
-		r.mu.Unlock()
-	}
-	r.setPhase("sealing files")
-	files, err := r.seal(ctx)
-	if err != nil {
-		return err
-	}
-	now := s.opts.Now().UTC()
-	final := r.snapshot()
-	final.Phase = "completed"
-	_, err = s.opts.Store.Transition(ctx, j.ID, StateRunning, StateCompleted, "completed", func(j *Job) error {
-		j.Files = files
-		j.Progress = final
-		j.FinishedAt = now
-		j.ExpiresAt = now.Add(s.opts.Retention)
-		j.WorkerID, j.LeaseUntil = "", time.Time{}
-		return nil
-	})
-	return err
-}
-
-// plan makes the compartment work units: for each type, batches of
-// patients (one patient per unit where the upstream takes no lists).
-func (r *jobRun) plan(members []string) []unit {
-	var units []unit
+	var units []Unit
 	for _, t := range r.job.Request.Types {
 		param, ok := CompartmentParam(t)
 		if !ok || IsReferencedType(t) {
 			continue
 		}
-		size := r.s.opts.BatchSize
-		if r.s.listsUnsupported(r.base, t) {
-			size = 1
-		}
-		for i := 0; i < len(members); i += size {
-			end := min(i+size, len(members))
-			units = append(units, unit{rtype: t, param: param, ids: members[i:end]})
-		}
+		units = append(units, r.batches(len(units), 0, t, param, members)...)
+	}
+	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, units); err != nil {
+		return &fatal{err}
+	}
+	r.units = units
+	return nil
+}
+
+// batches cuts values into units of BatchSize, numbered from firstID.
+func (r *jobRun) batches(firstID, round int, rtype, param string, values []string) []Unit {
+	var units []Unit
+	size := r.s.opts.BatchSize
+	split := r.s.listsUnsupported(r.base, rtype)
+	for i := 0; i < len(values); i += size {
+		units = append(units, Unit{
+			ID: firstID + len(units), Round: round, Type: rtype, Param: param,
+			Values: values[i:min(i+size, len(values))], State: UnitPending, Split: split,
+		})
 	}
 	return units
 }
 
-// runUnits runs units with bounded concurrency; the first error cancels
-// the others.
-func (r *jobRun) runUnits(ctx context.Context, units []unit) error {
+func (r *jobRun) hasRound(round int) bool {
+	for i := range r.units {
+		if r.units[i].Round == round {
+			return true
+		}
+	}
+	return false
+}
+
+// runRound runs the pending units of a round with bounded concurrency.
+// Upstream failures end a unit; anything else ends the round.
+func (r *jobRun) runRound(ctx context.Context, round int) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.s.opts.UnitConcurrency)
-	for _, u := range units {
+	for i := range r.units {
+		u := &r.units[i]
+		if u.Round != round || u.State != UnitPending {
+			continue
+		}
 		g.Go(func() error {
 			if err := r.runUnit(gctx, u); err != nil {
 				return err
@@ -217,33 +279,137 @@ func (r *jobRun) runUnits(ctx context.Context, units []unit) error {
 	return g.Wait()
 }
 
-// runUnit pages through one search and writes its resources. When the
-// upstream rejects a comma list (400), the type is marked as taking no
-// lists and the unit is run one value at a time.
-func (r *jobRun) runUnit(ctx context.Context, u unit) error {
-	params := url.Values{}
-	params.Set(u.param, strings.Join(u.ids, ","))
-	params.Set("_count", strconv.Itoa(r.s.opts.PageSize))
-	params["_lastUpdated"] = r.lastUpdated
-	pages := 0
-	err := r.up.Search(ctx, u.rtype, params, func(p *Page) error {
-		pages++
-		return r.writePage(u.rtype, p)
-	})
-	if err != nil && pages == 0 && len(u.ids) > 1 && listRejected(err) {
-		r.log.Warn().Str("type", u.rtype).Msg("upstream rejects comma lists for this type; searching one value at a time")
-		r.s.noLists.Store(r.base+"|"+u.rtype, true)
-		for _, id := range u.ids {
-			if err := r.runUnit(ctx, unit{rtype: u.rtype, param: u.param, ids: []string{id}}); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
+// runUnit runs one unit to its end from its checkpoint.
+func (r *jobRun) runUnit(ctx context.Context, u *Unit) error {
+	part, err := r.s.opts.Blobs.OpenPart(ctx, u.PartKey(r.job.ID))
 	if err != nil {
-		return fmt.Errorf("search %s: %w", u.rtype, err)
+		return &fatal{err}
+	}
+	defer part.Close()
+	if err := part.Truncate(u.PartLen); err != nil {
+		return &fatal{err}
+	}
+	for u.State == UnitPending {
+		pages := 0
+		err := r.search(ctx, u, part, &pages)
+		var fe *fatal
+		switch {
+		case err == nil:
+			continue // search() advanced the unit
+		case errors.As(err, &fe) || ctx.Err() != nil:
+			return err
+		case (u.Next != "" || pages > 0) && cursorExpired(err) && u.Restarts < maxRestarts:
+			r.log.Warn().Str("type", u.Type).Int("unit", u.ID).Msg("upstream forgot the paging cursor; searching again from the first page")
+			if err := part.Truncate(u.StartLen); err != nil {
+				return &fatal{err}
+			}
+			u.PartLen, u.Count, u.Next = u.StartLen, u.StartCount, ""
+			u.Restarts++
+			if !u.Split && len(u.Values) > 1 && u.Restarts >= narrowAfter {
+				// The search is too long to finish before the upstream
+				// forgets its cursor: search one value at a time.
+				u.Split, u.Sub, u.Restarts = true, 0, 0
+			}
+		case !u.Split && pages == 0 && u.Next == "" && len(u.Values) > 1 && listRejected(err):
+			r.log.Warn().Str("type", u.Type).Msg("upstream rejects comma lists for this type; searching one value at a time")
+			r.s.noLists.Store(r.base+"|"+u.Type, true)
+			u.Split, u.Sub = true, 0
+		default:
+			r.log.Warn().Err(err).Str("type", u.Type).Int("unit", u.ID).Msg("work unit failed")
+			u.State = UnitFailed
+			u.Error = fmt.Sprintf("search of %s for %d %s value(s) failed: %s", u.Type, len(u.Values), u.Param, ErrorMessage(err))
+		}
+		if err := r.checkpoint(ctx, u); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// search pages through the unit's current search (from its next link when
+// it has one) and checkpoints after every page; it returns nil when the
+// search is over, with the unit moved on (done, or the next sub-search).
+func (r *jobRun) search(ctx context.Context, u *Unit, part Part, pages *int) error {
+	page := func(p *Page) error {
+		*pages++
+		n := 0
+		for _, e := range p.Entries {
+			if e.ResourceType != u.Type || (e.Mode != "match" && e.Mode != "") || !ValidID(e.ID) {
+				continue
+			}
+			if _, err := part.Write(append(append([]byte(e.ID), '\t'), e.Resource...)); err != nil {
+				return &fatal{err}
+			}
+			if _, err := part.Write([]byte{'\n'}); err != nil {
+				return &fatal{err}
+			}
+			u.PartLen += int64(len(e.ID) + 2 + len(e.Resource))
+			n++
+		}
+		if err := part.Sync(); err != nil {
+			return &fatal{err}
+		}
+		u.Count += int64(n)
+		u.Pages++
+		u.Next = p.Next
+		if p.Next == "" {
+			r.advance(u)
+		}
+		if err := r.checkpoint(ctx, u); err != nil {
+			return err
+		}
+		return r.s.stopRequested()
+	}
+	if err := r.s.stopRequested(); err != nil {
+		return err
+	}
+	if u.Next != "" {
+		return r.up.SearchNext(ctx, u.Type, u.Next, page)
+	}
+	values := u.Values
+	if u.Split {
+		values = u.Values[u.Sub : u.Sub+1]
+	}
+	params := url.Values{}
+	params.Set(u.Param, strings.Join(values, ","))
+	params.Set("_count", strconv.Itoa(r.s.opts.PageSize))
+	params["_lastUpdated"] = r.lastUpdated
+	return r.up.Search(ctx, u.Type, params, page)
+}
+
+// stopRequested returns a fatal errShutdown once Stop has begun, so that
+// runs end at a page boundary, right after a checkpoint.
+func (s *Service) stopRequested() error {
+	select {
+	case <-s.stopping:
+		return &fatal{errShutdown}
+	default:
+		return nil
+	}
+}
+
+// advance moves a unit past a finished search.
+func (r *jobRun) advance(u *Unit) {
+	u.Next = ""
+	if u.Split && u.Sub+1 < len(u.Values) {
+		u.Sub++
+		u.StartLen, u.StartCount, u.Restarts = u.PartLen, u.Count, 0
+		return
+	}
+	u.State = UnitDone
+}
+
+// checkpoint persists the unit.
+func (r *jobRun) checkpoint(ctx context.Context, u *Unit) error {
+	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, []Unit{*u}); err != nil {
+		return &fatal{err}
+	}
+	return nil
+}
+
+func cursorExpired(err error) bool {
+	st := UpstreamStatus(err)
+	return st == http.StatusNotFound || st == http.StatusGone
 }
 
 func listRejected(err error) bool {
@@ -256,118 +422,33 @@ func (s *Service) listsUnsupported(base, rtype string) bool {
 	return ok
 }
 
-// writePage writes the page's match entries of the unit's type and collects
-// their references.
-func (r *jobRun) writePage(rtype string, p *Page) error {
-	entries := p.Entries[:0:0]
-	for _, e := range p.Entries {
-		if e.ResourceType == rtype && (e.Mode == "match" || e.Mode == "") && e.ID != "" {
-			entries = append(entries, e)
-		}
-	}
-	written, err := r.writers[rtype].writeEntries(entries)
-	if err != nil {
-		return err
-	}
-	r.resources.Add(int64(len(written)))
-	if r.refs.active() {
-		for _, e := range written {
-			scanReferences(e.Resource, r.base, r.refs.add)
-		}
-	}
-	return nil
-}
-
-// fetchReferenced fetches referenced resources by _id batches until no new
-// reference turns up (referenced resources may reference others).
-func (r *jobRun) fetchReferenced(ctx context.Context) error {
-	for {
-		pending := r.refs.take(func(t, id string) bool { return r.writers[t].has(id) })
-		if len(pending) == 0 {
-			return nil
-		}
-		var units []unit
-		for _, t := range r.job.Request.Types {
-			ids := pending[t]
-			size := r.s.opts.BatchSize
-			if r.s.listsUnsupported(r.base, t) {
-				size = 1
-			}
-			for i := 0; i < len(ids); i += size {
-				units = append(units, unit{rtype: t, param: "_id", ids: ids[i:min(i+size, len(ids))]})
-			}
-		}
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(r.s.opts.UnitConcurrency)
-		for _, u := range units {
-			g.Go(func() error { return r.runUnit(gctx, u) })
-		}
-		if err := g.Wait(); err != nil {
-			return err
-		}
-	}
-}
-
-// seal commits every file and returns them in manifest order: outputs in
-// request type order, then the error file.
-func (r *jobRun) seal(ctx context.Context) ([]File, error) {
-	var files []File
-	for _, t := range r.job.Request.Types {
-		fs, err := r.writers[t].seal()
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, fs...)
-	}
-	if len(r.job.Request.Ignored) > 0 {
-		w := newTypeWriter(ctx, r.s.opts.Blobs, r.job.ID, "OperationOutcome", KindError, 0)
-		for _, msg := range r.job.Request.Ignored {
-			line, err := json.Marshal(outcomeLine("warning", "not-supported", msg))
-			if err != nil {
-				return nil, err
-			}
-			if err := w.writeLine(line); err != nil {
-				return nil, err
-			}
-		}
-		fs, err := w.seal()
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, fs...)
-	}
-	return files, nil
-}
-
-// outcomeLine is an OperationOutcome for an error file.
-func outcomeLine(severity, code, diagnostics string) map[string]any {
-	return map[string]any{
-		"resourceType": "OperationOutcome",
-		"issue": []map[string]any{{
-			"severity": severity, "code": code, "diagnostics": diagnostics,
-		}},
-	}
-}
-
 func (r *jobRun) setPhase(phase string) {
 	r.mu.Lock()
-	r.progress.Phase = phase
+	r.phase = phase
 	r.mu.Unlock()
 }
 
-func (r *jobRun) snapshot() Progress {
+// progress derives the job's progress from its units.
+func (r *jobRun) progress() Progress {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	p := r.progress
-	p.Resources = r.resources.Load()
+	p := Progress{UnitsTotal: len(r.units), Phase: r.phase}
+	for i := range r.units {
+		if r.units[i].State != UnitPending {
+			p.UnitsDone++
+		}
+		p.Resources += r.units[i].Count
+	}
+	if len(r.wanted) > 0 && !r.hasRound(1) {
+		p.UnitsTotal++ // the reference rounds still to plan
+	}
 	return p
 }
 
-// unitDone counts a finished unit and saves the progress now and then.
+// unitDone saves the progress now and then.
 func (r *jobRun) unitDone(ctx context.Context) {
 	r.mu.Lock()
-	r.progress.UnitsDone++
-	save := time.Since(r.lastSave) >= progressEvery || r.progress.UnitsDone == r.progress.UnitsTotal
+	save := time.Since(r.lastSave) >= progressEvery
 	if save {
 		r.lastSave = time.Now()
 	}
@@ -375,8 +456,19 @@ func (r *jobRun) unitDone(ctx context.Context) {
 	if !save {
 		return
 	}
-	p := r.snapshot()
+	p := r.progress()
 	if _, err := r.s.opts.Store.Update(ctx, r.job.ID, func(j *Job) error { j.Progress = p; return nil }); err != nil && ctx.Err() == nil {
 		r.log.Warn().Err(err).Msg("save progress")
 	}
+}
+
+// outcomeLine is an OperationOutcome for an error file.
+func outcomeLine(severity, code, diagnostics string) []byte {
+	b, _ := json.Marshal(map[string]any{
+		"resourceType": "OperationOutcome",
+		"issue": []map[string]any{{
+			"severity": severity, "code": code, "diagnostics": diagnostics,
+		}},
+	})
+	return b
 }

@@ -50,11 +50,15 @@ type Service struct {
 
 	wake chan struct{}
 
-	mu      sync.Mutex
-	running map[string]*run // jobs this process is running
-	started bool
-	stopCtx context.CancelCauseFunc
-	wg      sync.WaitGroup
+	mu       sync.Mutex
+	running  map[string]*run // jobs this process is running
+	started  bool
+	draining bool
+	// stopping is closed when Stop begins: runs stop at the next page
+	// boundary, after their checkpoint.
+	stopping chan struct{}
+	stopCtx  context.CancelCauseFunc
+	wg       sync.WaitGroup
 
 	noLists sync.Map // upstream base + "|" + type -> true: no comma OR lists
 }
@@ -104,10 +108,11 @@ func New(o Options) (*Service, error) {
 		o.WorkerID = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
 	return &Service{
-		opts:    o,
-		log:     o.Logger,
-		wake:    make(chan struct{}, 1),
-		running: map[string]*run{},
+		opts:     o,
+		log:      o.Logger,
+		wake:     make(chan struct{}, 1),
+		running:  map[string]*run{},
+		stopping: make(chan struct{}),
 	}, nil
 }
 
@@ -155,9 +160,11 @@ func (s *Service) recover(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops the dispatcher and every running job. Interrupted jobs go back
-// to the queue and run again at the next Start. Stop waits for runs to
-// wind down until ctx ends.
+// Stop drains the service: new submissions are refused (EUNAVAILABLE),
+// running jobs stop at their next page boundary after checkpointing and go
+// back to the queue, to resume at the next Start. When ctx ends first, the
+// runs are cancelled at once (a page in flight is then fetched again on
+// resume). Stop returns when every run has ended.
 func (s *Service) Stop(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.started {
@@ -165,10 +172,9 @@ func (s *Service) Stop(ctx context.Context) error {
 		return nil
 	}
 	s.started = false
-	s.stopCtx(errShutdown)
-	for _, r := range s.running {
-		r.cancel(errShutdown)
-	}
+	s.draining = true
+	close(s.stopping)
+	s.stopCtx(errShutdown) // the dispatcher starts nothing more
 	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -176,13 +182,29 @@ func (s *Service) Stop(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
 	}
+	s.mu.Lock()
+	for _, r := range s.running {
+		r.cancel(errShutdown)
+	}
+	s.mu.Unlock()
+	<-done
+	return nil
+}
+
+// Draining reports whether Stop has begun.
+func (s *Service) Draining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
 }
 
 // Submit validates what only the upstream can tell (the Group exists, the
 // types are supported), then creates and persists a queued job.
 func (s *Service) Submit(ctx context.Context, req Request) (*Job, error) {
+	if s.Draining() {
+		return nil, Errorf(EUNAVAILABLE, "the server is shutting down; try again shortly")
+	}
 	up, err := s.opts.UpstreamFor(req.PathVars)
 	if err != nil {
 		return nil, err
@@ -366,8 +388,7 @@ func (s *Service) startQueued(ctx context.Context) {
 			j.StartedAt = now
 			j.WorkerID = s.opts.WorkerID
 			j.LeaseUntil = now.Add(time.Hour)
-			j.Files = nil
-			j.Progress = Progress{Phase: "starting"}
+			j.Progress.Phase = "starting"
 			return nil
 		})
 		if errors.Is(err, ErrConflict) {
@@ -382,8 +403,10 @@ func (s *Service) startQueued(ctx context.Context) {
 	}
 }
 
-func (s *Service) launch(parent context.Context, j *Job) {
-	ctx, cancel := context.WithCancelCause(parent)
+func (s *Service) launch(dispatchCtx context.Context, j *Job) {
+	// Runs outlive the dispatcher: Stop ends the dispatcher at once and the
+	// runs at their next page boundary.
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(dispatchCtx))
 	r := &run{cancel: cancel, done: make(chan struct{})}
 	s.mu.Lock()
 	s.running[j.ID] = r

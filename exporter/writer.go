@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"sync"
 )
 
 // NewID returns a random identifier of 128 bits as 32 hex digits, for jobs
@@ -18,9 +17,9 @@ func NewID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// typeWriter writes the NDJSON output of one resource type of a job. It
-// de-duplicates by id, splits files at maxSize bytes and is safe for
-// concurrent use by the units of the type.
+// typeWriter writes the sealed NDJSON output files of one resource type:
+// it de-duplicates by id and splits files at maxSize bytes. It is used by
+// one goroutine at a time.
 type typeWriter struct {
 	ctx     context.Context
 	blobs   Blobs
@@ -29,7 +28,6 @@ type typeWriter struct {
 	kind    FileKind
 	maxSize int64
 
-	mu     sync.Mutex
 	seen   map[string]struct{}
 	cur    BlobWriter
 	curKey string
@@ -37,43 +35,29 @@ type typeWriter struct {
 	curSz  int64
 	seq    int
 	sealed []File
-	total  int64
 }
 
 func newTypeWriter(ctx context.Context, blobs Blobs, jobID, rtype string, kind FileKind, maxSize int64) *typeWriter {
 	return &typeWriter{ctx: ctx, blobs: blobs, jobID: jobID, rtype: rtype, kind: kind, maxSize: maxSize, seen: map[string]struct{}{}}
 }
 
-// has reports whether the resource with the id was written.
-func (w *typeWriter) has(id string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	_, ok := w.seen[id]
-	return ok
-}
-
-// writeEntries appends the entries not written before and returns them.
-func (w *typeWriter) writeEntries(entries []Entry) ([]Entry, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	written := entries[:0:0]
-	for _, e := range entries {
-		if _, dup := w.seen[e.ID]; dup {
-			continue
-		}
-		if err := w.writeLine(e.Resource); err != nil {
-			return written, err
-		}
-		w.seen[e.ID] = struct{}{}
-		written = append(written, e)
+// add writes the resource unless a resource with the same id was written;
+// it reports whether it wrote it.
+func (w *typeWriter) add(id string, line []byte) (bool, error) {
+	if _, dup := w.seen[id]; dup {
+		return false, nil
 	}
-	return written, nil
+	if err := w.writeLine(line); err != nil {
+		return false, err
+	}
+	w.seen[id] = struct{}{}
+	return true, nil
 }
 
-// writeLine writes one line; the caller holds mu.
+// writeLine writes one line, without de-duplication.
 func (w *typeWriter) writeLine(line []byte) error {
 	if w.cur != nil && w.maxSize > 0 && w.curSz > 0 && w.curSz+int64(len(line))+1 > w.maxSize {
-		if err := w.sealLocked(); err != nil {
+		if err := w.sealCurrent(); err != nil {
 			return err
 		}
 	}
@@ -93,12 +77,11 @@ func (w *typeWriter) writeLine(line []byte) error {
 		return fmt.Errorf("write %s: %w", w.curKey, err)
 	}
 	w.curN++
-	w.total++
 	w.curSz += int64(len(line)) + 1
 	return nil
 }
 
-func (w *typeWriter) sealLocked() error {
+func (w *typeWriter) sealCurrent() error {
 	if w.cur == nil {
 		return nil
 	}
@@ -118,26 +101,16 @@ func (w *typeWriter) sealLocked() error {
 
 // seal commits the open file and returns every sealed file of the type.
 func (w *typeWriter) seal() ([]File, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if err := w.sealLocked(); err != nil {
+	if err := w.sealCurrent(); err != nil {
 		return nil, err
 	}
-	return append([]File(nil), w.sealed...), nil
+	return w.sealed, nil
 }
 
 // abort discards the open file.
 func (w *typeWriter) abort() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.cur != nil {
 		_ = w.cur.Abort()
 		w.cur = nil
 	}
-}
-
-func (w *typeWriter) count() int64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.total
 }

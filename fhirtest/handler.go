@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -33,6 +32,10 @@ func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serve) }
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.requests.Add(1)
 	ctx := r.Context()
+	if s.opts.Authorize != nil && !s.opts.Authorize(r) {
+		unauthorized(w, s.opts.Pretty || r.URL.Query().Get("_pretty") == "true")
+		return
+	}
 	if s.sem != nil {
 		select {
 		case s.sem <- struct{}{}:
@@ -164,32 +167,6 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// fault applies FailTypes, ThrottleRate and ErrorRate to a search or page
-// request; it reports whether an error was written.
-func (s *Server) fault(w http.ResponseWriter, typ string, pretty bool) bool {
-	if typ != "" && s.failTypes[typ] {
-		writeError(w, &httpError{http.StatusInternalServerError, "exception", "Simulated failure: searches of " + typ + " always fail"}, pretty)
-		return true
-	}
-	if s.opts.ErrorRate <= 0 && s.opts.ThrottleRate <= 0 {
-		return false
-	}
-	s.faultMu.Lock()
-	u := s.faultRng.Float64()
-	s.faultMu.Unlock()
-	switch {
-	case u < s.opts.ThrottleRate:
-		secs := max(1, int(math.Ceil(s.opts.RetryAfter.Seconds())))
-		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		writeError(w, &httpError{http.StatusTooManyRequests, "throttled", "Simulated throttling: too many requests"}, pretty)
-		return true
-	case u < s.opts.ThrottleRate+s.opts.ErrorRate:
-		writeError(w, &httpError{http.StatusInternalServerError, "exception", "Simulated internal server error"}, pretty)
-		return true
-	}
-	return false
-}
-
 func (s *Server) handleRead(w http.ResponseWriter, typ, id, vid string, pretty bool) {
 	r := s.lookup(typ, id)
 	if r == nil || (vid != "" && vid != strconv.Itoa(r.version)) {
@@ -226,14 +203,20 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request, base, typ 
 	writeFHIR(w, http.StatusCreated, res.body, pretty)
 }
 
-// writeFHIR writes a FHIR JSON body.
-func writeFHIR(w http.ResponseWriter, status int, body []byte, pretty bool) {
+// fhirBytes returns body, indented when pretty.
+func fhirBytes(body []byte, pretty bool) []byte {
 	if pretty {
 		var buf bytes.Buffer
 		if json.Indent(&buf, body, "", "  ") == nil {
-			body = buf.Bytes()
+			return buf.Bytes()
 		}
 	}
+	return body
+}
+
+// writeFHIR writes a FHIR JSON body.
+func writeFHIR(w http.ResponseWriter, status int, body []byte, pretty bool) {
+	body = fhirBytes(body, pretty)
 	h := w.Header()
 	h.Set("Content-Type", ContentType)
 	h.Set("Content-Length", strconv.Itoa(len(body)))

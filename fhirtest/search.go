@@ -541,7 +541,8 @@ func (s *Server) pageBundle(base, typ string, res []*resource, offset, count int
 // handleSearch answers a search of typ with parameters q (first page).
 func (s *Server) handleSearch(w http.ResponseWriter, r *http.Request, base, typ string, q url.Values, pretty bool) {
 	s.countType(typ)
-	if s.fault(w, typ, pretty) {
+	fp := s.faults.decide(typ)
+	if !s.preFault(w, r, typ, fp, pretty) {
 		return
 	}
 	req, herr := s.parseSearch(typ, q)
@@ -558,14 +559,15 @@ func (s *Server) handleSearch(w http.ResponseWriter, r *http.Request, base, typ 
 		self += "?" + q.Encode()
 	}
 	if req.summaryCount {
-		writeFHIR(w, http.StatusOK, s.pageBundle(base, typ, res, 0, 0, self, "", false, true), pretty)
+		s.writePage(w, r, s.pageBundle(base, typ, res, 0, 0, self, "", false, true), nil, fp, pretty)
 		return
 	}
 	token := ""
 	if len(res) > req.count {
 		token = s.pages.put(&snapshot{typ: typ, res: res, count: req.count}, s.opts.PageTTL)
 	}
-	writeFHIR(w, http.StatusOK, s.pageBundle(base, typ, res, 0, req.count, self, token, req.totalNone, false), pretty)
+	key := pageKey(typ, res[:min(req.count, len(res))])
+	s.writePage(w, r, s.pageBundle(base, typ, res, 0, req.count, self, token, req.totalNone, false), key, fp, pretty)
 }
 
 // handlePage answers a next-link request {base}?_getpages=token&...
@@ -577,7 +579,8 @@ func (s *Server) handlePage(w http.ResponseWriter, r *http.Request, base string,
 		typ = sn.typ
 		s.countType(typ)
 	}
-	if s.fault(w, typ, pretty) {
+	fp := s.faults.decide(typ)
+	if !s.preFault(w, r, typ, fp, pretty) {
 		return
 	}
 	if sn == nil {
@@ -604,5 +607,6 @@ func (s *Server) handlePage(w http.ResponseWriter, r *http.Request, base string,
 		count = n
 	}
 	self := base + "?" + r.URL.RawQuery
-	writeFHIR(w, http.StatusOK, s.pageBundle(base, sn.typ, sn.res, offset, count, self, token, false, false), pretty)
+	page := sn.res[min(offset, len(sn.res)):min(offset+count, len(sn.res))]
+	s.writePage(w, r, s.pageBundle(base, sn.typ, sn.res, offset, count, self, token, false, false), pageKey(sn.typ, page), fp, pretty)
 }

@@ -6,9 +6,11 @@
 // PractitionerRoles, Medications and Groups. Handler serves them with the
 // REST behaviour of a typical server (HAPI FHIR): searchset Bundles with
 // opaque, expiring next links, _count caps, comma OR lists, _lastUpdated
-// ranges, strict rejection of unknown parameters, and injectable latency,
-// errors and throttling. Expected computes the ground truth of a bulk export
-// directly from the data.
+// ranges, strict rejection of unknown parameters, and injectable faults
+// (latency with jitter and a long tail, errors, throttling, connections cut
+// mid-body, stalled bodies, expiring cursors, authorization failures) with
+// counters (FaultCounts, PageStats) to measure how a client copes. Expected
+// computes the ground truth of a bulk export directly from the data.
 package fhirtest
 
 import (
@@ -17,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"sort"
 	"strconv"
@@ -44,8 +47,9 @@ type Options struct {
 	// PageTTL is how long a next link stays valid (default 10m). Expired or
 	// unknown page tokens are answered 410 Gone with an OperationOutcome.
 	PageTTL time.Duration
-	// Latency is added to every request; the sleep ends early when the
-	// request's context is cancelled.
+	// Latency is added to every request (reads and metadata included); the
+	// sleep ends early when the request's context is cancelled. Faults.Latency
+	// adds to it for searches and page fetches.
 	Latency time.Duration
 	// MaxConcurrent, if > 0, limits how many requests are served at once;
 	// the others wait (this models a server's capacity).
@@ -53,16 +57,33 @@ type Options struct {
 	// NoORLists makes a comma in any search value answer 400 with an
 	// OperationOutcome "OR lists not supported".
 	NoORLists bool
-	// ErrorRate is the share of search and page requests answered 500.
+	// ErrorRate is the share of search and page requests answered 500. It
+	// is the default of Faults.ErrorRate and of every TypeFaults entry's.
 	ErrorRate float64
 	// ThrottleRate is the share of search and page requests answered 429
-	// with Retry-After.
+	// with Retry-After. It is the default of Faults.ThrottleRate and of every
+	// TypeFaults entry's.
 	ThrottleRate float64
 	// RetryAfter is the Retry-After of 429 answers, sent as delta-seconds
-	// (rounded up, at least 1; default 1s).
+	// (rounded up, at least 1; default 1s). It is the default of
+	// Faults.RetryAfter and of every TypeFaults entry's.
 	RetryAfter time.Duration
 	// FailTypes lists resource types whose searches always answer 500.
 	FailTypes []string
+	// Faults are injected into every search and page fetch (page fetches
+	// count as the type of the search that made the token; fetches of
+	// unknown or expired tokens use Faults).
+	Faults Faults
+	// TypeFaults, when it has an entry for a resource type, replaces Faults
+	// for that type's searches and page fetches (zero fields still take
+	// the top-level ErrorRate, ThrottleRate and RetryAfter defaults).
+	TypeFaults map[string]Faults
+	// FaultSeed seeds the fault source (0: Seed).
+	FaultSeed int64
+	// Authorize, when set, is asked about every request (metadata
+	// included); a false answer is a 401 with an OperationOutcome and
+	// WWW-Authenticate: Bearer.
+	Authorize func(r *http.Request) bool
 	// OutcomeEntries adds an OperationOutcome entry with search.mode
 	// "outcome" to every search page, as HAPI does for warnings.
 	OutcomeEntries bool
@@ -173,8 +194,7 @@ type Server struct {
 	pages pageCache
 	sem   chan struct{}
 
-	faultMu  sync.Mutex
-	faultRng *rand.Rand
+	faults faultState
 
 	requests atomic.Int64
 	ctrMu    sync.Mutex
@@ -194,8 +214,18 @@ func New(opts Options) *Server {
 		failTypes: map[string]bool{},
 		types:     map[string]*typeStore{},
 		byType:    map[string]int64{},
-		faultRng:  rand.New(rand.NewPCG(uint64(o.Seed), 0xfa017)),
 	}
+	faultSeed := o.FaultSeed
+	if faultSeed == 0 {
+		faultSeed = o.Seed
+	}
+	s.faults.rng = rand.New(rand.NewPCG(uint64(faultSeed), 0xfa017))
+	s.faults.global = o.Faults.withDefaults(o)
+	s.faults.byType = make(map[string]Faults, len(o.TypeFaults))
+	for t, f := range o.TypeFaults {
+		s.faults.byType[t] = f.withDefaults(o)
+	}
+	s.faults.reset()
 	for _, t := range o.FailTypes {
 		s.failTypes[t] = true
 	}
@@ -306,12 +336,14 @@ func (s *Server) RequestsByType() map[string]int64 {
 	return out
 }
 
-// ResetCounters zeroes Requests and RequestsByType.
+// ResetCounters zeroes Requests, RequestsByType, FaultCounts and
+// PageStats.
 func (s *Server) ResetCounters() {
 	s.ctrMu.Lock()
 	s.byType = map[string]int64{}
 	s.requests.Store(0)
 	s.ctrMu.Unlock()
+	s.faults.reset()
 }
 
 func (s *Server) countType(typ string) {

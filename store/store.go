@@ -37,6 +37,8 @@ import (
 var (
 	bucketJobs  = []byte("jobs")
 	bucketFiles = []byte("files")
+	// bucketUnits maps "{jobID}/{unit id as 8 hex digits}" to a Unit.
+	bucketUnits = []byte("units")
 )
 
 // DefaultTimeout is how long Open waits for the file lock when
@@ -95,7 +97,7 @@ func Open(path string, opts Options) (s *Store, err error) {
 		return nil, openError(path, timeout, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketJobs, bucketFiles} {
+		for _, name := range [][]byte{bucketJobs, bucketFiles, bucketUnits} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %q: %w", name, err)
 			}
@@ -332,6 +334,9 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 			return err
 		}
 		if err := reindex(tx, id, j.Files, nil); err != nil {
+			return err
+		}
+		if err := deleteUnits(tx, id); err != nil {
 			return err
 		}
 		return tx.Bucket(bucketJobs).Delete([]byte(id))

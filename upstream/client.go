@@ -90,6 +90,11 @@ type Options struct {
 	// CapabilitiesTTL is how long the parsed CapabilityStatement is cached.
 	// Default 10m; negative disables the cache.
 	CapabilitiesTTL time.Duration
+	// Credentials, when not nil, authorize every attempt of every request
+	// to the upstream's origin (a fresh or cached token each time); a 401
+	// answer invalidates them and the request is sent once more. See
+	// Credentials, StaticBearer, NewClientSecret and NewBackendServices.
+	Credentials Credentials
 }
 
 // Stats are counters of a Client since New, for logs and benchmarks.
@@ -213,6 +218,9 @@ func New(o Options) (*Client, error) {
 		}
 	} else {
 		c.hc = c.defaultHTTPClient(cap(c.sem), durDefault(o.DialTimeout, DefaultDialTimeout))
+	}
+	if o.Credentials != nil {
+		c.hc = c.withCredentials(c.hc, o.Credentials)
 	}
 	return c, nil
 }

@@ -53,8 +53,30 @@ func (c *Client) Search(ctx context.Context, resourceType string, params url.Val
 		r.url = c.baseStr + "/" + resourceType + "/_search"
 		r.form = enc
 	}
+	return c.follow(ctx, r, resourceType, 1, fn)
+}
 
-	for n := 1; ; n++ {
+// SearchNext continues a search of resourceType from a next link that an
+// earlier page returned (a checkpoint), with the same rules as Search. The
+// link must be on the upstream's origin.
+func (c *Client) SearchNext(ctx context.Context, resourceType, next string, fn func(*exporter.Page) error) error {
+	if err := checkType(resourceType); err != nil {
+		return err
+	}
+	if fn == nil {
+		return exporter.Errorf(exporter.EINTERNAL, "upstream search without a page function")
+	}
+	nextURL, err := c.resolveNext(next, resourceType)
+	if err != nil {
+		return err
+	}
+	r := &request{method: http.MethodGet, url: nextURL, what: "search " + resourceType + " (resumed)"}
+	return c.follow(ctx, r, resourceType, 1, fn)
+}
+
+// follow fetches the page of r and the pages after it, calling fn for each.
+func (c *Client) follow(ctx context.Context, r *request, resourceType string, n int, fn func(*exporter.Page) error) error {
+	for ; ; n++ {
 		var entries []exporter.Entry
 		var next string
 		err := c.do(ctx, r, func(body *bodyReader) error {

@@ -61,6 +61,8 @@ func Run(t *testing.T, open func(t *testing.T) exporter.Store) {
 		{"ConcurrentTransition", testConcurrentTransition},
 		{"ConcurrentUpdate", testConcurrentUpdate},
 		{"Copies", testCopies},
+		{"Units", testUnits},
+		{"UnitsConcurrent", testUnitsConcurrent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -588,4 +590,92 @@ func testCopies(t *testing.T, s exporter.Store) {
 	orig.State, orig.Reason, orig.UpdatedAt = exporter.StateRunning, "pick", tr.UpdatedAt
 	scribble(tr)
 	unchanged(t, s, orig)
+}
+
+func testUnits(t *testing.T, s exporter.Store) {
+	ctx := context.Background()
+	if err := s.PutUnits(ctx, "nojob", []exporter.Unit{{ID: 1}}); exporter.ErrorKind(err) != exporter.ENOTFOUND {
+		t.Fatalf("PutUnits on a missing job: %v, want ENOTFOUND", err)
+	}
+	for _, id := range []string{"job-a", "job-b"} {
+		if err := s.Create(ctx, NewJob(id, exporter.StateRunning, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if us, err := s.Units(ctx, "job-a"); err != nil || len(us) != 0 {
+		t.Fatalf("units of a new job: %v %v", us, err)
+	}
+	units := []exporter.Unit{
+		{ID: 17, Round: 1, Type: "Practitioner", Param: "_id", Values: []string{"p1", "p2"}, State: exporter.UnitPending},
+		{ID: 2, Type: "Observation", Param: "patient", Values: []string{"a", "b"}, State: exporter.UnitPending},
+		{ID: 300, Type: "Condition", Param: "patient", Values: []string{"c"}, State: exporter.UnitDone, PartLen: 99, Count: 3, Pages: 2},
+	}
+	if err := s.PutUnits(ctx, "job-a", units); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutUnits(ctx, "job-b", []exporter.Unit{{ID: 2, Type: "Patient"}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Units(ctx, "job-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []exporter.Unit{units[1], units[0], units[2]}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Units = %+v, want %+v (ordered by id)", got, want)
+	}
+	// Replace one: a checkpoint.
+	cp := units[1]
+	cp.Next, cp.PartLen, cp.Count, cp.Pages = "http://up/fhir?page=2", 1234, 10, 1
+	if err := s.PutUnits(ctx, "job-a", []exporter.Unit{cp}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Units(ctx, "job-a")
+	if len(got) != 3 || !reflect.DeepEqual(got[0], cp) {
+		t.Fatalf("after checkpoint: %+v", got)
+	}
+	got[0].Values[0] = "changed"
+	if again, _ := s.Units(ctx, "job-a"); again[0].Values[0] != "a" {
+		t.Fatal("Units must return copies")
+	}
+	if err := s.Delete(ctx, "job-a"); err != nil {
+		t.Fatal(err)
+	}
+	if us, _ := s.Units(ctx, "job-a"); len(us) != 0 {
+		t.Fatalf("units survive Delete: %+v", us)
+	}
+	if us, _ := s.Units(ctx, "job-b"); len(us) != 1 {
+		t.Fatalf("Delete of job-a removed job-b's units: %+v", us)
+	}
+}
+
+func testUnitsConcurrent(t *testing.T, s exporter.Store) {
+	ctx := context.Background()
+	if err := s.Create(ctx, NewJob("job-c", exporter.StateRunning, 0)); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for page := 1; page <= 5; page++ {
+				u := exporter.Unit{ID: i, Type: "Observation", Pages: page, PartLen: int64(page * 100)}
+				if err := s.PutUnits(ctx, "job-c", []exporter.Unit{u}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(i)
+	}
+	wg.Wait()
+	got, err := s.Units(ctx, "job-c")
+	if err != nil || len(got) != 16 {
+		t.Fatalf("units: %d %v", len(got), err)
+	}
+	for _, u := range got {
+		if u.Pages != 5 || u.PartLen != 500 {
+			t.Errorf("unit %d lost a checkpoint: %+v", u.ID, u)
+		}
+	}
 }

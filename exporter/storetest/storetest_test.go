@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -16,11 +17,42 @@ import (
 // memStore is a minimal in-memory exporter.Store: the suite's own check
 // that it asks for nothing beyond the contract.
 type memStore struct {
-	mu   sync.Mutex
-	jobs map[string]*exporter.Job
+	mu    sync.Mutex
+	jobs  map[string]*exporter.Job
+	units map[string]map[int]exporter.Unit
 }
 
-func newMemStore() *memStore { return &memStore{jobs: map[string]*exporter.Job{}} }
+func newMemStore() *memStore {
+	return &memStore{jobs: map[string]*exporter.Job{}, units: map[string]map[int]exporter.Unit{}}
+}
+
+func (m *memStore) PutUnits(_ context.Context, jobID string, units []exporter.Unit) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.jobs[jobID]; !ok {
+		return notFound("job " + jobID)
+	}
+	if m.units[jobID] == nil {
+		m.units[jobID] = map[int]exporter.Unit{}
+	}
+	for _, u := range units {
+		u.Values = append([]string(nil), u.Values...)
+		m.units[jobID][u.ID] = u
+	}
+	return nil
+}
+
+func (m *memStore) Units(_ context.Context, jobID string) ([]exporter.Unit, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []exporter.Unit
+	for _, u := range m.units[jobID] {
+		u.Values = append([]string(nil), u.Values...)
+		out = append(out, u)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
 
 func notFound(what string) error {
 	return &exporter.Error{Kind: exporter.ENOTFOUND, Message: what + " not found", Err: exporter.ErrNotFound}
@@ -122,6 +154,9 @@ func (m *memStore) Update(_ context.Context, id string, mutate func(*exporter.Jo
 }
 
 func (m *memStore) Delete(_ context.Context, id string) error {
+	m.mu.Lock()
+	delete(m.units, id)
+	m.mu.Unlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.jobs, id)

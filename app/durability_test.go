@@ -1,0 +1,94 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/config"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
+)
+
+// TestExportUnderUpstreamFaults: 10% 500s, 5% 429s with Retry-After, 2%
+// connections cut mid-body and paging cursors that expire, and the export
+// is still exactly the ground truth.
+func TestExportUnderUpstreamFaults(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{
+		Patients: 60,
+		Faults:   fhirtest.Faults{ErrorRate: 0.10, ThrottleRate: 0.05, RetryAfter: time.Second, CutRate: 0.02},
+		PageTTL:  2 * time.Second,
+	}, func(c *config.Config) {
+		c.Export.PageSize = 40 // many pages, many next links
+		c.UpstreamHTTP.Retries = 8
+	})
+	// Expire every outstanding cursor now and then while the export runs.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		tick := time.NewTicker(700 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				e.sim.ExpirePages()
+			}
+		}
+	}()
+	m, _ := e.export("all", nil)
+	if len(m.Error) != 0 {
+		ex, _ := e.client.Collect(context.Background(), m)
+		t.Errorf("error files under retryable faults: %+v %s", m.Error, bytes.Join(ex.Errors, []byte("\n")))
+	}
+	e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.DefaultTypes})
+	fc := e.sim.FaultCounts()
+	if fc.Errors == 0 || fc.Throttles == 0 {
+		t.Errorf("the faults did not happen: %+v", fc)
+	}
+	t.Logf("faults injected: %+v", fc)
+}
+
+// TestTypeThatAlwaysFails: the failing type's units end in the error file,
+// the job completes with everything else.
+func TestTypeThatAlwaysFails(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{FailTypes: []string{"Condition"}}, func(c *config.Config) {
+		c.UpstreamHTTP.Retries = 1
+	})
+	m, _ := e.export("all", url.Values{"_type": {"Patient,Condition,Observation"}})
+	ex := e.verify(m, fhirtest.Query{GroupID: "all", Types: []string{"Patient", "Observation"}})
+	if len(ex.Resources["Condition"]) != 0 {
+		t.Fatal("Condition exported although every search failed")
+	}
+	if len(m.Error) != 1 || len(ex.Errors) == 0 {
+		t.Fatalf("want an error file, got %+v (%d lines)", m.Error, len(ex.Errors))
+	}
+	for _, line := range ex.Errors {
+		if !bytes.Contains(line, []byte("Condition")) || !bytes.Contains(line, []byte(`"resourceType":"OperationOutcome"`)) {
+			t.Errorf("error line does not name the type: %s", line)
+		}
+	}
+}
+
+// TestEverythingFailsFailsTheJob: a job that could export nothing fails.
+func TestEverythingFailsFailsTheJob(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{FailTypes: []string{"Condition"}}, func(c *config.Config) {
+		c.UpstreamHTTP.Retries = 0
+	})
+	status, err := e.client.KickOff(context.Background(), e.base+"/Group/small/$export", url.Values{"_type": {"Condition"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.client.Wait(context.Background(), status)
+	if err == nil {
+		t.Fatal("want a failed job")
+	}
+	resp, b := e.do("GET", status, nil, "")
+	if resp.StatusCode != 500 {
+		t.Fatalf("failed job status: %d %s", resp.StatusCode, b)
+	}
+	outcomeCode(t, resp, b)
+}

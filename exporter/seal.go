@@ -1,0 +1,253 @@
+package exporter
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+)
+
+// maxLine bounds one resource line of a part file (64 MiB).
+const maxLine = 64 << 20
+
+// refs collects referenced ids by type.
+type refs map[string]map[string]struct{}
+
+func (rs refs) add(t, id string) {
+	m := rs[t]
+	if m == nil {
+		m = map[string]struct{}{}
+		rs[t] = m
+	}
+	m[id] = struct{}{}
+}
+
+// eachLine calls fn with the id and resource of every line of a done
+// unit's part file, up to its checkpointed length.
+func (r *jobRun) eachLine(ctx context.Context, u *Unit, fn func(id string, resource []byte) error) error {
+	rc, err := r.s.opts.Blobs.ReadPart(ctx, u.PartKey(r.job.ID))
+	if ErrorKind(err) == ENOTFOUND && u.PartLen == 0 {
+		return nil
+	}
+	if err != nil {
+		return &fatal{err}
+	}
+	defer rc.Close()
+	sc := bufio.NewScanner(io.LimitReader(rc, u.PartLen))
+	sc.Buffer(make([]byte, 0, 256<<10), maxLine)
+	for sc.Scan() {
+		id, res, ok := bytes.Cut(sc.Bytes(), []byte{'\t'})
+		if !ok {
+			return &fatal{fmt.Errorf("part file of unit %d is corrupt", u.ID)}
+		}
+		if err := fn(string(id), res); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return &fatal{fmt.Errorf("read part of unit %d: %w", u.ID, err)}
+	}
+	return nil
+}
+
+// buildType writes the sealed files of one type from the part files of its
+// done units in the given rounds, dropping repeated ids; when collect is
+// not nil, the wanted references of every written resource go into it.
+func (r *jobRun) buildType(ctx context.Context, rtype string, inRound func(int) bool, collect refs) ([]File, error) {
+	w := newTypeWriter(ctx, r.s.opts.Blobs, r.job.ID, rtype, KindOutput, r.s.opts.MaxFileSize)
+	defer w.abort()
+	for i := range r.units {
+		u := &r.units[i]
+		if u.Type != rtype || u.State != UnitDone || !inRound(u.Round) {
+			continue
+		}
+		err := r.eachLine(ctx, u, func(id string, res []byte) error {
+			added, err := w.add(id, res)
+			if err != nil {
+				return &fatal{err}
+			}
+			if added && collect != nil {
+				scanReferences(res, r.base, func(t, rid string) {
+					if r.wanted[t] {
+						collect.add(t, rid)
+					}
+				})
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	files, err := w.seal()
+	if err != nil {
+		return nil, &fatal{err}
+	}
+	return files, nil
+}
+
+// sealCompartment builds the compartment types' files, plans the first
+// reference round from their references, and records both.
+func (r *jobRun) sealCompartment(ctx context.Context) error {
+	r.setPhase("sealing compartment files")
+	collect := refs{}
+	var files []File
+	for _, t := range r.job.Request.Types {
+		if _, ok := CompartmentParam(t); !ok || IsReferencedType(t) {
+			continue
+		}
+		fs, err := r.buildType(ctx, t, func(round int) bool { return round == 0 }, collect)
+		if err != nil {
+			return err
+		}
+		files = append(files, fs...)
+	}
+	if err := r.planRefs(ctx, collect, 1); err != nil {
+		return err
+	}
+	j, err := r.s.opts.Store.Update(ctx, r.job.ID, func(j *Job) error {
+		j.Files = files
+		j.Stage = StageSealed
+		return nil
+	})
+	if err != nil {
+		return &fatal{err}
+	}
+	r.job = j
+	return nil
+}
+
+// scanRound collects the wanted references of the resources a reference
+// round fetched.
+func (r *jobRun) scanRound(ctx context.Context, round int) (refs, error) {
+	collect := refs{}
+	for i := range r.units {
+		u := &r.units[i]
+		if u.Round != round || u.State != UnitDone {
+			continue
+		}
+		err := r.eachLine(ctx, u, func(_ string, res []byte) error {
+			scanReferences(res, r.base, func(t, rid string) {
+				if r.wanted[t] {
+					collect.add(t, rid)
+				}
+			})
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return collect, nil
+}
+
+// planRefs persists the units of a reference round for the collected ids
+// that no earlier round asked for.
+func (r *jobRun) planRefs(ctx context.Context, collect refs, round int) error {
+	asked := refs{}
+	for i := range r.units {
+		if u := &r.units[i]; u.Round >= 1 {
+			for _, id := range u.Values {
+				asked.add(u.Type, id)
+			}
+		}
+	}
+	var units []Unit
+	for _, t := range r.job.Request.Types {
+		var ids []string
+		for id := range collect[t] {
+			if _, done := asked[t][id]; !done {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+		units = append(units, r.batches(len(r.units)+len(units), round, t, "_id", ids)...)
+	}
+	if len(units) == 0 {
+		return nil
+	}
+	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, units); err != nil {
+		return &fatal{err}
+	}
+	r.mu.Lock()
+	r.units = append(r.units, units...)
+	r.mu.Unlock()
+	return nil
+}
+
+// complete builds the referenced types' files and the error file, and moves
+// the job to completed. A job of which every unit failed fails.
+func (r *jobRun) complete(ctx context.Context) error {
+	files := slices.Clone(r.job.Files)
+	for _, t := range r.job.Request.Types {
+		if !IsReferencedType(t) {
+			continue
+		}
+		fs, err := r.buildType(ctx, t, func(round int) bool { return round >= 1 }, nil)
+		if err != nil {
+			return err
+		}
+		files = append(files, fs...)
+	}
+	var failed []*Unit
+	for i := range r.units {
+		if r.units[i].State == UnitFailed {
+			failed = append(failed, &r.units[i])
+		}
+	}
+	if len(failed) > 0 && len(failed) == len(r.units) {
+		return &Error{Kind: EUPSTREAM, Message: "nothing could be exported: " + failed[0].Error}
+	}
+	if len(r.job.Request.Ignored) > 0 || len(failed) > 0 {
+		w := newTypeWriter(ctx, r.s.opts.Blobs, r.job.ID, "OperationOutcome", KindError, 0)
+		defer w.abort()
+		for _, msg := range r.job.Request.Ignored {
+			if err := w.writeLine(outcomeLine("warning", "not-supported", msg)); err != nil {
+				return &fatal{err}
+			}
+		}
+		for _, u := range failed {
+			if err := w.writeLine(outcomeLine("error", "exception", u.Error)); err != nil {
+				return &fatal{err}
+			}
+		}
+		fs, err := w.seal()
+		if err != nil {
+			return &fatal{err}
+		}
+		files = append(files, fs...)
+	}
+	now := r.s.opts.Now().UTC()
+	final := r.progress()
+	final.Phase = "completed"
+	final.UnitsDone = final.UnitsTotal
+	var resources int64
+	for _, f := range files {
+		if f.Kind == KindOutput {
+			resources += f.Count
+		}
+	}
+	final.Resources = resources
+	_, err := r.s.opts.Store.Transition(ctx, r.job.ID, StateRunning, StateCompleted, "completed", func(j *Job) error {
+		j.Files = files
+		j.Progress = final
+		j.FinishedAt = now
+		j.ExpiresAt = now.Add(r.s.opts.Retention)
+		j.WorkerID, j.LeaseUntil = "", time.Time{}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrConflict) {
+			return err
+		}
+		return &fatal{err}
+	}
+	if err := r.s.opts.Blobs.RemoveParts(context.WithoutCancel(ctx), r.job.ID); err != nil {
+		r.log.Warn().Err(err).Msg("remove part files")
+	}
+	return nil
+}

@@ -1,0 +1,147 @@
+package exporter_test
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/blobs"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/store"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/upstream"
+	"github.com/rs/zerolog"
+)
+
+// fullDisk is a Blobs whose writes fail with ENOSPC while full is set, like
+// a disk that ran out of space.
+type fullDisk struct {
+	*blobs.Dir
+	full atomic.Bool
+}
+
+type fullPart struct {
+	exporter.Part
+	d *fullDisk
+}
+
+func (p fullPart) Write(b []byte) (int, error) {
+	if p.d.full.Load() {
+		return 0, &writeError{}
+	}
+	return p.Part.Write(b)
+}
+
+type writeError struct{}
+
+func (*writeError) Error() string { return "write: " + syscall.ENOSPC.Error() }
+func (*writeError) Unwrap() error { return syscall.ENOSPC }
+
+func (d *fullDisk) OpenPart(ctx context.Context, key string) (exporter.Part, error) {
+	p, err := d.Dir.OpenPart(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return fullPart{p, d}, nil
+}
+
+func newService(t *testing.T, bl exporter.Blobs, up exporter.Upstream) (*exporter.Service, exporter.Store) {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "jobs.db"), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	svc, err := exporter.New(exporter.Options{
+		Store: st, Blobs: bl, Logger: zerolog.Nop(), BatchSize: 10, PageSize: 50, PollInterval: 20 * time.Millisecond,
+		UpstreamFor: func(map[string]string) (exporter.Upstream, error) { return up, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop(context.Background()) })
+	return svc, st
+}
+
+func waitTerminal(t *testing.T, svc *exporter.Service, id string) *exporter.Job {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		j, err := svc.Get(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.State.Terminal() {
+			return j
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("job did not finish")
+	return nil
+}
+
+// TestDiskFullFailsThatJobOnly: a write failure fails the job cleanly with
+// an OperationOutcome message; the store stays usable and the next job
+// succeeds.
+func TestDiskFullFailsThatJobOnly(t *testing.T) {
+	sim := fhirtest.New(fhirtest.Options{Patients: 20, Seed: 5})
+	srv := httptest.NewServer(sim.Handler())
+	defer srv.Close()
+	up, err := upstream.New(upstream.Options{BaseURL: srv.URL + "/fhir"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := blobs.NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := &fullDisk{Dir: dir}
+	svc, st := newService(t, disk, up)
+	req := exporter.Request{Level: exporter.LevelGroup, GroupID: "all", Types: []string{"Patient", "Observation"},
+		ExplicitTypes: true, BaseURL: "http://proxy/fhir", RequestURL: "http://proxy/fhir/Group/all/$export"}
+
+	disk.full.Store(true)
+	j, err := svc.Submit(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := waitTerminal(t, svc, j.ID)
+	if failed.State != exporter.StateFailed || failed.Message == "" {
+		t.Fatalf("job under a full disk: %s %q", failed.State, failed.Message)
+	}
+	if len(failed.Files) != 0 {
+		t.Fatalf("a failed job lists files: %+v", failed.Files)
+	}
+
+	disk.full.Store(false)
+	j2, err := svc.Submit(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := waitTerminal(t, svc, j2.ID)
+	if done.State != exporter.StateCompleted {
+		t.Fatalf("next job: %s %q", done.State, done.Message)
+	}
+	want := sim.Expected(fhirtest.Query{GroupID: "all", Types: req.Types, Until: done.TransactionTime})
+	var got int64
+	for _, f := range done.Files {
+		got += f.Count
+	}
+	if int(got) != len(want["Patient"])+len(want["Observation"]) {
+		t.Fatalf("next job exported %d resources, want %d", got, len(want["Patient"])+len(want["Observation"]))
+	}
+	if _, err := st.Get(context.Background(), j.ID); err != nil {
+		t.Fatalf("the failed job's record is gone: %v", err)
+	}
+	if !errors.Is(&writeError{}, syscall.ENOSPC) {
+		t.Fatal("test double broken")
+	}
+}

@@ -179,17 +179,19 @@ func (a *App) Addr() string { return a.ln.Addr().String() }
 // Done yields the server's result if it stops by itself.
 func (a *App) Done() <-chan error { return a.serveErr }
 
-// Shutdown stops in stages: no new requests, then the export runs (which
-// go back to the queue), then the store.
+// Shutdown stops in stages: export runs first (new kick-offs are refused
+// with 503 meanwhile; runs stop at a page boundary after checkpointing and
+// go back to the queue), then the HTTP server (in-flight requests finish),
+// then the store.
 func (a *App) Shutdown(ctx context.Context) error {
 	var errs []error
+	if err := a.service.Stop(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("stop jobs: %w", err))
+	}
 	if a.ln != nil {
 		if err := a.server.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 		}
-	}
-	if err := a.service.Stop(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("stop jobs: %w", err))
 	}
 	if err := a.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))

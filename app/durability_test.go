@@ -92,3 +92,17 @@ func TestEverythingFailsFailsTheJob(t *testing.T) {
 	}
 	outcomeCode(t, resp, b)
 }
+
+// TestKickoffWhileDraining: once shutdown has begun, kick-offs get 503 with
+// Retry-After and an OperationOutcome, and nothing is lost.
+func TestKickoffWhileDraining(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{}, nil)
+	if err := e.app.Service().Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	resp, b := e.do("GET", "/Group/small/$export", nil, "")
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("kick-off while draining: %d Retry-After=%q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	outcomeCode(t, resp, b)
+}

@@ -43,6 +43,7 @@ const (
 var (
 	errKeyNotFound  = invalidToken("unknown signing key")
 	errKeyAmbiguous = invalidToken("ambiguous signing key")
+	errKeyMismatch  = invalidToken("signing key does not suit the algorithm")
 )
 
 // defaultHTTPClient returns hc or a client with a conservative timeout.
@@ -216,13 +217,17 @@ func (k *keySet) fetchLocked(ctx context.Context, now time.Time) error {
 // selectKey picks the single key whose kid matches (any kid when kid is
 // empty), whose "use" is absent or "sig", whose "alg" is absent or equal to
 // alg, and whose type and size suit alg (RSA of at least 2048 bits for
-// RS*/PS*, EC on the matching curve for ES*).
+// RS*/PS*, EC on the matching curve for ES*). errKeyNotFound (which triggers
+// a refetch) means no key has that kid; errKeyMismatch that some has but
+// none suits.
 func selectKey(keys []jose.JSONWebKey, kid, alg string) (crypto.PublicKey, error) {
 	var found []crypto.PublicKey
+	kidKnown := false
 	for _, k := range keys {
 		if kid != "" && k.KeyID != kid {
 			continue
 		}
+		kidKnown = true
 		if (k.Use != "" && k.Use != "sig") || (k.Algorithm != "" && k.Algorithm != alg) {
 			continue
 		}
@@ -233,6 +238,9 @@ func selectKey(keys []jose.JSONWebKey, kid, alg string) (crypto.PublicKey, error
 	}
 	switch len(found) {
 	case 0:
+		if kidKnown && kid != "" {
+			return nil, errKeyMismatch
+		}
 		return nil, errKeyNotFound
 	case 1:
 		return found[0], nil

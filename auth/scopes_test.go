@@ -130,3 +130,27 @@ func TestParsePerms(t *testing.T) {
 		}
 	}
 }
+
+// Granted scopes must re-parse to the same permissions: the token carries
+// the rendered string and the Authenticator parses it again.
+func TestIntersectRoundTrip(t *testing.T) {
+	types := []string{"Patient", "Observation", "Condition", "Encounter"}
+	for _, tc := range []struct{ requested, allowed string }{
+		{"system/*.read", "system/Patient.rs system/Observation.rs"},
+		{"system/*.cruds", "system/*.read"},
+		{"system/Patient.r system/Patient.s system/Observation.rs", "system/*.*"},
+		{"system/*.rs patient/*.rs", "system/Condition.read patient/*.read"},
+	} {
+		granted := intersect(ParseScopes(tc.requested), ParseScopes(tc.allowed))
+		reparsed := ParseScopes(granted.String())
+		if !slices.Equal(granted.Filter(types), reparsed.Filter(types)) {
+			t.Errorf("%q ∩ %q = %q: permissions change on re-parse", tc.requested, tc.allowed, granted)
+		}
+		req, allowed := ParseScopes(tc.requested), ParseScopes(tc.allowed)
+		for _, typ := range types {
+			if reparsed.CanRead(typ) && !(req.CanRead(typ) && allowed.CanRead(typ)) {
+				t.Errorf("%q ∩ %q grants %s beyond either side", tc.requested, tc.allowed, typ)
+			}
+		}
+	}
+}

@@ -246,7 +246,8 @@ func (s *Server) TokenHandler() http.Handler {
 			if oe.status >= 500 {
 				ev = s.o.Logger.Error()
 			}
-			ev.Str("client_id", clientID).Str("error", oe.code).Str("reason", oe.desc).
+			// On failure the client is only claimed (registered IDs only).
+			ev.Str("claimed_client_id", clientID).Str("error", oe.code).Str("reason", oe.desc).
 				Int("status", oe.status).Msg("token request rejected")
 			writeOAuthError(w, oe)
 			return
@@ -366,6 +367,9 @@ func (s *Server) authenticateClient(ctx context.Context, assertion string) (clie
 		return key, nil
 	})
 	if err != nil {
+		if _, known := s.clients[claims.Issuer]; known && claimed == "" {
+			claimed = claims.Issuer // parsed (unverified) before the failure
+		}
 		return nil, claimed, assertionError(err)
 	}
 	if client == nil { // cannot happen: the keyfunc succeeded
@@ -460,7 +464,9 @@ func (a serverAuthenticator) Authenticate(_ context.Context, token string) (*Ide
 // grant_types_supported ["client_credentials"], scopes_supported
 // ["system/*.read", "system/*.rs"] and capabilities
 // ["client-confidential-asymmetric"]. Entries of extra are added and
-// override the defaults (e.g. "jwks_uri", "issuer").
+// override the defaults (e.g. "jwks_uri", "issuer"). There is no
+// authorization endpoint (Backend Services only), so no
+// response_types_supported or PKCE entries are advertised by default.
 func SmartConfiguration(tokenURL string, extra map[string]any) map[string]any {
 	doc := map[string]any{
 		"token_endpoint":                                   tokenURL,
@@ -469,7 +475,6 @@ func SmartConfiguration(tokenURL string, extra map[string]any) map[string]any {
 		"grant_types_supported":                            []string{grantClientCredentials},
 		"scopes_supported":                                 []string{"system/*.read", "system/*.rs"},
 		"capabilities":                                     []string{"client-confidential-asymmetric"},
-		"response_types_supported":                         []string{"token"},
 	}
 	for k, v := range extra {
 		doc[k] = v

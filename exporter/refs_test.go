@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"context"
 	"reflect"
 	"testing"
 )
@@ -72,5 +73,15 @@ func TestExportable(t *testing.T) {
 		if IsResourceType(s) {
 			t.Errorf("IsResourceType(%q) = true", s)
 		}
+	}
+}
+
+func TestRetryBudget(t *testing.T) {
+	ctx := WithRetryBudget(context.Background(), 2)
+	if !TakeRetry(ctx) || !TakeRetry(ctx) || TakeRetry(ctx) {
+		t.Fatal("a budget of 2 must allow exactly 2 retries")
+	}
+	if !TakeRetry(context.Background()) {
+		t.Fatal("no budget means no limit")
 	}
 }

@@ -279,8 +279,11 @@ func (r *jobRun) runRound(ctx context.Context, round int) error {
 	return g.Wait()
 }
 
-// runUnit runs one unit to its end from its checkpoint.
+// runUnit runs one unit to its end from its checkpoint. Its upstream
+// requests share a retry budget (Options.UnitRetryBudget) so that a unit
+// against a failing upstream ends instead of retrying forever page by page.
 func (r *jobRun) runUnit(ctx context.Context, u *Unit) error {
+	ctx = WithRetryBudget(ctx, int64(r.s.opts.UnitRetryBudget))
 	part, err := r.s.opts.Blobs.OpenPart(ctx, u.PartKey(r.job.ID))
 	if err != nil {
 		return &fatal{err}

@@ -25,6 +25,9 @@ type Options struct {
 	// UnitConcurrency is the number of work units a job runs at once
 	// (default 4). The upstream client bounds the requests in flight.
 	UnitConcurrency int
+	// UnitRetryBudget bounds the retries of all upstream requests of one
+	// work unit (default 50).
+	UnitRetryBudget int
 	// MaxJobs is the number of jobs run at once (default 2).
 	MaxJobs int
 	// MaxFileSize splits output files at about this size (default 256 MiB).
@@ -87,6 +90,9 @@ func New(o Options) (*Service, error) {
 	}
 	if o.UnitConcurrency <= 0 {
 		o.UnitConcurrency = 4
+	}
+	if o.UnitRetryBudget <= 0 {
+		o.UnitRetryBudget = 50
 	}
 	if o.MaxJobs <= 0 {
 		o.MaxJobs = 2

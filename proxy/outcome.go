@@ -68,5 +68,8 @@ func StatusOf(err error) (int, fhir.IssueType) {
 // to. Internal errors show a generic message; details belong in the log.
 func WriteError(w http.ResponseWriter, err error) {
 	status, code := StatusOf(err)
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "10")
+	}
 	WriteOutcome(w, status, code, exporter.ErrorMessage(err))
 }

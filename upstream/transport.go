@@ -46,7 +46,7 @@ func (c *Client) do(ctx context.Context, r *request, decode func(*bodyReader) er
 		if f.err == nil {
 			return nil
 		}
-		if !f.retry || attempt >= c.retries {
+		if !f.retry || attempt >= c.retries || !exporter.TakeRetry(ctx) {
 			return f.err
 		}
 		wait := f.after

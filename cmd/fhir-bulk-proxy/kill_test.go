@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/bulkclient"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
+)
+
+// freeAddr returns a loopback address with a port that was free just now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// proxyProc is the real binary serving on a fixed address.
+type proxyProc struct {
+	t    *testing.T
+	bin  string
+	args []string
+	addr string
+	cmd  *exec.Cmd
+	log  *os.File
+}
+
+func (p *proxyProc) start() {
+	p.t.Helper()
+	p.cmd = exec.Command(p.bin, p.args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + p.addr + "/fhir/bulk-export/jobs/00000000000000000000000000000000")
+		if err == nil {
+			resp.Body.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("proxy did not come up: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (p *proxyProc) kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	_ = p.cmd.Wait()
+}
+
+// TestKillNineDuringExport kills the proxy with SIGKILL at random moments of
+// a Group export of 300 patients, restarting it each time; the export must
+// still be exactly the ground truth.
+func TestKillNineDuringExport(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills the real binary")
+	}
+	bin := buildBinary(t)
+	sim := fhirtest.New(fhirtest.Options{Patients: 300, Seed: 11, Latency: 15 * time.Millisecond})
+	srv := httptest.NewServer(sim.Handler())
+	defer srv.Close()
+	addr := freeAddr(t)
+	logf, err := os.Create(filepath.Join(t.TempDir(), "proxy.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	p := &proxyProc{t: t, bin: bin, addr: addr, log: logf, args: []string{"serve",
+		"--listen", addr, "--upstream", srv.URL + "/fhir", "--public-url", "http://" + addr + "/fhir",
+		"--data-dir", t.TempDir(), "--export-page-size", "50", "--export-batch-size", "60", "--log-level", "warn"}}
+	p.start()
+	defer p.kill()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c := &bulkclient.Client{MaxWait: 100 * time.Millisecond}
+	status, err := c.KickOff(ctx, "http://"+addr+"/fhir/Group/all/$export", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	kills := 0
+	for kills < 12 {
+		time.Sleep(time.Duration(50+rng.IntN(400)) * time.Millisecond)
+		resp, err := http.Get(status)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			break // finished (or failed): no more kills during the export
+		}
+		p.kill()
+		kills++
+		p.start()
+	}
+	if kills < 10 {
+		t.Fatalf("the export ended after %d kills; the test wants at least 10 during it", kills)
+	}
+	m, err := c.Wait(ctx, status)
+	if err != nil {
+		out, _ := os.ReadFile(logf.Name())
+		t.Fatalf("wait: %v\n%s", err, out)
+	}
+	ex, err := c.Collect(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tt, _ := time.Parse(time.RFC3339Nano, m.TransactionTime)
+	want := sim.Expected(fhirtest.Query{GroupID: "all", Types: exporter.DefaultTypes, Until: tt})
+	problems := append(ex.Problems, bulkclient.Diff(want, ex.Resources, 20)...)
+	for _, pr := range problems {
+		t.Error(pr)
+	}
+	n := 0
+	for _, byID := range want {
+		n += len(byID)
+	}
+	ps := sim.PageStats()
+	t.Logf("%d kills with SIGKILL; %d resources exported exactly once; upstream pages served %d, distinct %d, fetched more than once %d; %d upstream requests",
+		kills, n, ps.Served, ps.Distinct, ps.Served-ps.Distinct, sim.Requests())
+	if len(m.Error) != 0 {
+		t.Errorf("error files: %+v", m.Error)
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Fatal("timed out")
+	}
+}
+
+// TestSIGTERMMidExportResumes: SIGTERM in the middle of an export makes the
+// proxy checkpoint and exit 0; the next start finishes the export exactly.
+// A second process on the same data directory fails at once with a clear
+// error instead of hanging on the bbolt lock.
+func TestSIGTERMMidExportResumes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the real binary")
+	}
+	bin := buildBinary(t)
+	sim := fhirtest.New(fhirtest.Options{Patients: 120, Seed: 12, Latency: 15 * time.Millisecond})
+	srv := httptest.NewServer(sim.Handler())
+	defer srv.Close()
+	addr := freeAddr(t)
+	dataDir := t.TempDir()
+	logf, err := os.Create(filepath.Join(t.TempDir(), "proxy.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	p := &proxyProc{t: t, bin: bin, addr: addr, log: logf, args: []string{"serve",
+		"--listen", addr, "--upstream", srv.URL + "/fhir", "--public-url", "http://" + addr + "/fhir",
+		"--data-dir", dataDir, "--export-page-size", "50", "--log-level", "warn"}}
+	p.start()
+	defer p.kill()
+
+	// The bbolt file is locked by the running proxy.
+	second := exec.Command(bin, "serve", "--listen", freeAddr(t), "--upstream", srv.URL+"/fhir", "--data-dir", dataDir)
+	start := time.Now()
+	out, err := second.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "locked") {
+		t.Fatalf("second process on the same data dir: %v\n%s", err, out)
+	}
+	if time.Since(start) > 20*time.Second {
+		t.Errorf("the second process took %s to give up", time.Since(start))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := &bulkclient.Client{MaxWait: 100 * time.Millisecond}
+	status, err := c.KickOff(ctx, "http://"+addr+"/fhir/Group/all/$export", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	p.start()
+	m, err := c.Wait(ctx, status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, err := c.Collect(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tt, _ := time.Parse(time.RFC3339Nano, m.TransactionTime)
+	want := sim.Expected(fhirtest.Query{GroupID: "all", Types: exporter.DefaultTypes, Until: tt})
+	for _, pr := range append(ex.Problems, bulkclient.Diff(want, ex.Resources, 20)...) {
+		t.Error(pr)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -264,12 +265,11 @@ func (r *jobRun) runRound(ctx context.Context, round int) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.s.opts.UnitConcurrency)
 	for i := range r.units {
-		u := &r.units[i]
-		if u.Round != round || u.State != UnitPending {
+		if u := &r.units[i]; u.Round != round || u.State != UnitPending {
 			continue
 		}
 		g.Go(func() error {
-			if err := r.runUnit(gctx, u); err != nil {
+			if err := r.runUnit(gctx, i); err != nil {
 				return err
 			}
 			r.unitDone(gctx)
@@ -282,8 +282,15 @@ func (r *jobRun) runRound(ctx context.Context, round int) error {
 // runUnit runs one unit to its end from its checkpoint. Its upstream
 // requests share a retry budget (Options.UnitRetryBudget) so that a unit
 // against a failing upstream ends instead of retrying forever page by page.
-func (r *jobRun) runUnit(ctx context.Context, u *Unit) error {
+//
+// The unit is worked on as a copy; checkpoint publishes it to r.units.
+func (r *jobRun) runUnit(ctx context.Context, i int) error {
 	ctx = WithRetryBudget(ctx, int64(r.s.opts.UnitRetryBudget))
+	r.mu.Lock()
+	unit := r.units[i]
+	r.mu.Unlock()
+	unit.Values = slices.Clone(unit.Values)
+	u := &unit
 	part, err := r.s.opts.Blobs.OpenPart(ctx, u.PartKey(r.job.ID))
 	if err != nil {
 		return &fatal{err}
@@ -294,7 +301,7 @@ func (r *jobRun) runUnit(ctx context.Context, u *Unit) error {
 	}
 	for u.State == UnitPending {
 		pages := 0
-		err := r.search(ctx, u, part, &pages)
+		err := r.search(ctx, i, u, part, &pages)
 		var fe *fatal
 		switch {
 		case err == nil:
@@ -322,7 +329,7 @@ func (r *jobRun) runUnit(ctx context.Context, u *Unit) error {
 			u.State = UnitFailed
 			u.Error = fmt.Sprintf("search of %s for %d %s value(s) failed: %s", u.Type, len(u.Values), u.Param, ErrorMessage(err))
 		}
-		if err := r.checkpoint(ctx, u); err != nil {
+		if err := r.checkpoint(ctx, i, u); err != nil {
 			return err
 		}
 	}
@@ -332,7 +339,7 @@ func (r *jobRun) runUnit(ctx context.Context, u *Unit) error {
 // search pages through the unit's current search (from its next link when
 // it has one) and checkpoints after every page; it returns nil when the
 // search is over, with the unit moved on (done, or the next sub-search).
-func (r *jobRun) search(ctx context.Context, u *Unit, part Part, pages *int) error {
+func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *int) error {
 	page := func(p *Page) error {
 		*pages++
 		n := 0
@@ -358,7 +365,7 @@ func (r *jobRun) search(ctx context.Context, u *Unit, part Part, pages *int) err
 		if p.Next == "" {
 			r.advance(u)
 		}
-		if err := r.checkpoint(ctx, u); err != nil {
+		if err := r.checkpoint(ctx, i, u); err != nil {
 			return err
 		}
 		return r.s.stopRequested()
@@ -402,11 +409,15 @@ func (r *jobRun) advance(u *Unit) {
 	u.State = UnitDone
 }
 
-// checkpoint persists the unit.
-func (r *jobRun) checkpoint(ctx context.Context, u *Unit) error {
+// checkpoint persists the unit and publishes it as r.units[i].
+func (r *jobRun) checkpoint(ctx context.Context, i int, u *Unit) error {
 	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, []Unit{*u}); err != nil {
 		return &fatal{err}
 	}
+	r.mu.Lock()
+	r.units[i] = *u
+	r.units[i].Values = slices.Clone(u.Values)
+	r.mu.Unlock()
 	return nil
 }
 

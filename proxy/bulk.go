@@ -33,68 +33,94 @@ func validJobID(s string) bool {
 	return true
 }
 
-func (h *handlers) kickoffGroup(c *gin.Context) {
-	r := c.Request
-	if r.Method != http.MethodGet && r.Method != http.MethodPost {
-		c.Header("Allow", "GET, POST")
-		WriteOutcome(c.Writer, http.StatusMethodNotAllowed, fhir.IssueTypeNotSupported, "$export takes GET or POST")
-		return
+// kickoff returns the handler of a $export kick-off at one level.
+func (h *handlers) kickoff(level exporter.Level) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		r := c.Request
+		if r.Method != http.MethodGet && r.Method != http.MethodPost {
+			c.Header("Allow", "GET, POST")
+			WriteOutcome(c.Writer, http.StatusMethodNotAllowed, fhir.IssueTypeNotSupported, "$export takes GET or POST")
+			return
+		}
+		vars, _, ok := h.mount.Match(r.URL.EscapedPath())
+		if !ok {
+			WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "not found")
+			return
+		}
+		base := h.publicBase(r, vars)
+		var path string
+		switch level {
+		case exporter.LevelGroup:
+			groupID := c.Param("id")
+			if !exporter.ValidID(groupID) {
+				WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "Group "+groupID+" not found")
+				return
+			}
+			path = "/Group/" + groupID + "/$export"
+		case exporter.LevelPatient:
+			path = "/Patient/$export"
+		default:
+			path = "/$export"
+		}
+		params, err := readKickoffParams(r)
+		if err != nil {
+			WriteError(c.Writer, err)
+			return
+		}
+		req, err := parseKickoff(level, params, parsePrefer(r.Header))
+		if err != nil {
+			WriteError(c.Writer, err)
+			return
+		}
+		req.GroupID = c.Param("id")
+		req.BaseURL = base
+		req.PathVars = vars
+		req.RequestURL = base + path
+		if r.URL.RawQuery != "" {
+			req.RequestURL += "?" + r.URL.RawQuery
+		}
+		if err := h.authorizeKickoff(r, &req); err != nil {
+			WriteError(c.Writer, err)
+			return
+		}
+		job, err := h.svc.Submit(r.Context(), req)
+		if err != nil {
+			h.logError(c, err, "kick-off")
+			WriteError(c.Writer, err)
+			return
+		}
+		c.Header("Content-Location", exporter.StatusURL(job))
+		writeOutcome(c.Writer, http.StatusAccepted, Outcome(fhir.IssueSeverityInformation, fhir.IssueTypeInformational,
+			"export job accepted; poll the URL in Content-Location for its status"))
 	}
-	vars, _, ok := h.mount.Match(r.URL.EscapedPath())
-	if !ok {
-		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "not found")
-		return
-	}
-	groupID := c.Param("id")
-	if !exporter.ValidID(groupID) {
-		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "Group "+groupID+" not found")
-		return
-	}
-	params, err := readKickoffParams(r)
-	if err != nil {
-		WriteError(c.Writer, err)
-		return
-	}
-	prefs := parsePrefer(r.Header)
-	req, err := parseKickoff(params, prefs)
-	if err != nil {
-		WriteError(c.Writer, err)
-		return
-	}
-	base := h.publicBase(r, vars)
-	req.Level = exporter.LevelGroup
-	req.GroupID = groupID
-	req.BaseURL = base
-	req.PathVars = vars
-	req.RequestURL = base + "/Group/" + groupID + "/$export"
-	if r.URL.RawQuery != "" {
-		req.RequestURL += "?" + r.URL.RawQuery
-	}
-	job, err := h.svc.Submit(r.Context(), req)
-	if err != nil {
-		h.logError(c, err, "kick-off")
-		WriteError(c.Writer, err)
-		return
-	}
-	c.Header("Content-Location", exporter.StatusURL(job))
-	writeOutcome(c.Writer, http.StatusAccepted, Outcome(fhir.IssueSeverityInformation, fhir.IssueTypeInformational,
-		"export job accepted; poll the URL in Content-Location for its status"))
 }
 
-func (h *handlers) status(c *gin.Context) {
-	id := c.Param("job")
+// visibleJob returns the job with the given id if the caller may see it;
+// otherwise it writes a 404 (never a hint that the job exists) and returns nil.
+func (h *handlers) visibleJob(c *gin.Context, id string) *exporter.Job {
 	if !validJobID(id) {
 		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such export job")
-		return
+		return nil
 	}
 	job, err := h.svc.Get(c.Request.Context(), id)
+	if err == nil && !h.owns(c.Request, job) {
+		err = exporter.ErrNotFound
+	}
 	if err != nil {
 		if exporter.ErrorKind(err) == exporter.ENOTFOUND {
 			WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such export job")
-			return
+			return nil
 		}
 		h.logError(c, err, "status")
 		WriteError(c.Writer, err)
+		return nil
+	}
+	return job
+}
+
+func (h *handlers) status(c *gin.Context) {
+	job := h.visibleJob(c, c.Param("job"))
+	if job == nil {
 		return
 	}
 	w := c.Writer
@@ -159,12 +185,11 @@ func truncate(s string, n int) string {
 }
 
 func (h *handlers) deleteJob(c *gin.Context) {
-	id := c.Param("job")
-	if !validJobID(id) {
-		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such export job")
+	job := h.visibleJob(c, c.Param("job"))
+	if job == nil {
 		return
 	}
-	if err := h.svc.Delete(c.Request.Context(), id); err != nil {
+	if err := h.svc.Delete(c.Request.Context(), job.ID); err != nil {
 		if exporter.ErrorKind(err) == exporter.ENOTFOUND {
 			WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such export job")
 			return
@@ -185,6 +210,10 @@ func (h *handlers) file(c *gin.Context) {
 	}
 	r := c.Request
 	job, _, blob, err := h.svc.OpenFile(r.Context(), id)
+	if err == nil && !h.owns(r, job) {
+		_ = blob.Close()
+		err = exporter.ErrNotFound
+	}
 	if err != nil {
 		if exporter.ErrorKind(err) == exporter.ENOTFOUND {
 			WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such file")

@@ -148,11 +148,12 @@ func invalid(param, msg string) *exporter.Error {
 	return &exporter.Error{Kind: exporter.EINVALID, Param: param, Message: msg}
 }
 
-// parseKickoff validates the parameters of a Group kick-off into a Request.
+// parseKickoff validates the parameters of a kick-off at a level into a
+// Request.
 // Problems are errors, or with lenient handling ignored and listed in
 // Request.Ignored, where the IG allows that.
-func parseKickoff(params []kickoffParam, prefs preferences) (exporter.Request, error) {
-	req := exporter.Request{OutputFormat: "application/fhir+ndjson", Lenient: prefs.lenient}
+func parseKickoff(level exporter.Level, params []kickoffParam, prefs preferences) (exporter.Request, error) {
+	req := exporter.Request{Level: level, OutputFormat: "application/fhir+ndjson", Lenient: prefs.lenient}
 	ignore := func(param, msg string) error {
 		if prefs.lenient {
 			req.Ignored = append(req.Ignored, msg+"; ignored (Prefer: handling=lenient)")

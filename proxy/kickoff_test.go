@@ -19,7 +19,7 @@ func kickoffFrom(t *testing.T, method, target, body string, header http.Header) 
 	if err != nil {
 		return exporter.Request{}, err
 	}
-	return parseKickoff(params, parsePrefer(r.Header))
+	return parseKickoff(exporter.LevelGroup, params, parsePrefer(r.Header))
 }
 
 func TestKickoffTypes(t *testing.T) {

@@ -58,7 +58,9 @@ func NewHandler(o Options) http.Handler {
 	e.Use(h.recover, h.accessLog)
 
 	base := o.Mount.GinPattern()
-	e.Any(base+"/Group/:id/$export", h.kickoffGroup)
+	e.Any(base+"/Group/:id/$export", h.kickoff(exporter.LevelGroup))
+	e.Any(base+"/Patient/$export", h.kickoff(exporter.LevelPatient))
+	e.Any(base+"/$export", h.kickoff(exporter.LevelSystem))
 	e.GET(base+"/bulk-export/jobs/:job", h.status)
 	e.DELETE(base+"/bulk-export/jobs/:job", h.deleteJob)
 	e.GET(base+"/bulk-export/files/:file", h.file)

@@ -121,7 +121,7 @@ func TestKickoffErrors(t *testing.T) {
 func TestLenientKickoffReportsIgnoredParameters(t *testing.T) {
 	e := newEnv(t, fhirtest.Options{}, nil)
 	h := http.Header{"Prefer": {"respond-async, handling=lenient"}}
-	resp, b := e.do("GET", "/Group/small/$export?_type=Patient,Unicorn&_elements=id&color=blue", h, "")
+	resp, b := e.do("GET", "/Group/small/$export?_type=Patient,Unicorn&organizeOutputBy=Patient&color=blue", h, "")
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("lenient kick-off: %d %s", resp.StatusCode, b)
 	}

@@ -17,6 +17,14 @@ const (
 	EUPSTREAM    = "upstream"    // the upstream answered with an error: 502
 	ETIMEOUT     = "timeout"     // the upstream did not answer in time: 504
 	EINTERNAL    = "internal"    // 500
+	// EUNPROCESSABLE: a well-formed request the upstream cannot serve, such
+	// as a _typeFilter it rejects: 422.
+	EUNPROCESSABLE = "unprocessable"
+	// ETOOLARGE: the export exceeds a configured limit: 413.
+	ETOOLARGE = "too-large"
+	// ENOTACCEPTABLE: the client accepts no format the server can answer
+	// in: 406.
+	ENOTACCEPTABLE = "not-acceptable"
 )
 
 // Error is an error with a kind and a message that is safe to show clients.

@@ -94,6 +94,8 @@ type Page struct {
 	Entries []Entry
 	// Next is the upstream's next link, "" on the last page.
 	Next string
+	// Total is the Bundle's total, 0 when absent.
+	Total int
 }
 
 // Entry is one Bundle entry.
@@ -102,8 +104,12 @@ type Entry struct {
 	ID           string
 	// Mode is search.mode ("match", "include", "outcome"; "" if absent).
 	Mode string
-	// Resource is the resource as compact JSON on one line.
+	// Resource is the resource as compact JSON on one line (nil for a
+	// deletion in a history Bundle).
 	Resource []byte
+	// Method and URL are the entry's request (history Bundles): a deletion
+	// has Method "DELETE" and URL "Type/id".
+	Method, URL string
 }
 
 // Upstream is the FHIR server behind the proxy, as the exporter sees it.
@@ -141,6 +147,22 @@ func (c *Capabilities) Supports(resourceType string) bool {
 	}
 	_, ok := c.Types[resourceType]
 	return ok
+}
+
+// SearchParam reports whether any resource type, or the server as a whole,
+// declares the search parameter.
+func (c *Capabilities) SearchParam(name string) bool {
+	if c == nil {
+		return false
+	}
+	for _, ps := range c.Types {
+		for _, p := range ps {
+			if p == name {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // UpstreamFor returns the Upstream for a job, given the placeholder values of

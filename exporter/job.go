@@ -64,6 +64,22 @@ type Request struct {
 	ExplicitTypes bool `json:"explicitTypes,omitempty"`
 	// Since, when set, limits the export to resources changed after it.
 	Since *time.Time `json:"since,omitempty"`
+	// Until, when set, limits the export to resources changed at or before
+	// it; the job's transactionTime is then no later than Until.
+	Until *time.Time `json:"until,omitempty"`
+	// Patients, when set (the patient parameter), limits a Group or Patient
+	// export to these patients' compartments.
+	Patients []string `json:"patients,omitempty"`
+	// TypeFilters maps a type to its _typeFilter queries (already
+	// validated, URL-encoded, without "Type?"). Several queries of one type
+	// are OR'ed.
+	TypeFilters map[string][]string `json:"typeFilters,omitempty"`
+	// Elements is the _elements list ("elem" or "Type.elem").
+	Elements []string `json:"elements,omitempty"`
+	// AssociatedProvenance is set by includeAssociatedData
+	// (LatestProvenanceResources or RelevantProvenanceResources): export the
+	// Provenance resources that target exported resources.
+	AssociatedProvenance bool `json:"associatedProvenance,omitempty"`
 	// OutputFormat is always application/fhir+ndjson today.
 	OutputFormat string `json:"outputFormat"`
 	// RequestURL is the kick-off URL as the client sent it (absolute, public).
@@ -171,6 +187,18 @@ func (j *Job) Clone() *Job {
 	c := *j
 	c.Request.Types = append([]string(nil), j.Request.Types...)
 	c.Request.Ignored = append([]string(nil), j.Request.Ignored...)
+	c.Request.Patients = append([]string(nil), j.Request.Patients...)
+	c.Request.Elements = append([]string(nil), j.Request.Elements...)
+	if j.Request.Until != nil {
+		t := *j.Request.Until
+		c.Request.Until = &t
+	}
+	if j.Request.TypeFilters != nil {
+		c.Request.TypeFilters = make(map[string][]string, len(j.Request.TypeFilters))
+		for k, v := range j.Request.TypeFilters {
+			c.Request.TypeFilters[k] = append([]string(nil), v...)
+		}
+	}
 	if j.Request.Since != nil {
 		t := *j.Request.Since
 		c.Request.Since = &t
@@ -235,6 +263,8 @@ type Unit struct {
 	// Restarts counts restarts from the first page after the upstream
 	// forgot the paging cursor.
 	Restarts int `json:"restarts,omitempty"`
+	// Filter is a _typeFilter query (URL-encoded) added to the search.
+	Filter string `json:"filter,omitempty"`
 	// Error is the client-safe reason of a failed unit.
 	Error string `json:"error,omitempty"`
 	// Split is set when the upstream refused a comma list for the type: the

@@ -140,6 +140,11 @@ type jobRun struct {
 
 	lastUpdated []string // _lastUpdated bounds sent with every search
 	wanted      map[string]bool
+	// elements maps a type to the top-level elements _elements keeps (nil:
+	// the whole resource); upstreamElements is sent as _elements when the
+	// upstream declares it.
+	elements         map[string]map[string]bool
+	upstreamElements string
 
 	mu       sync.Mutex // guards units' progress view and lastSave
 	units    []Unit
@@ -157,9 +162,17 @@ func (s *Service) runJob(ctx context.Context, j *Job, log zerolog.Logger) error 
 	if j.Request.Since != nil {
 		r.lastUpdated = append(r.lastUpdated, "gt"+j.Request.Since.UTC().Format(instantFormat))
 	}
-	for _, t := range j.Request.Types {
-		if IsReferencedType(t) {
-			r.wanted[t] = true
+	if j.Request.Level != LevelSystem {
+		for _, t := range j.Request.Types {
+			if IsReferencedType(t) {
+				r.wanted[t] = true
+			}
+		}
+	}
+	r.elements = elementsByType(j.Request.Types, j.Request.Elements)
+	if len(j.Request.Elements) > 0 {
+		if caps, err := up.Capabilities(ctx); err == nil && caps.SearchParam("_elements") {
+			r.upstreamElements = strings.Join(j.Request.Elements, ",")
 		}
 	}
 	if r.units, err = s.opts.Store.Units(ctx, j.ID); err != nil {
@@ -202,52 +215,6 @@ func (s *Service) runJob(ctx context.Context, j *Job, log zerolog.Logger) error 
 	}
 	r.setPhase("sealing files")
 	return r.complete(ctx)
-}
-
-// plan resolves the patients and persists the round-0 units.
-func (r *jobRun) plan(ctx context.Context) error {
-	// Nothing of an earlier attempt that died before planning is kept.
-	if err := r.s.opts.Blobs.DeleteJob(ctx, r.job.ID); err != nil {
-		return &fatal{fmt.Errorf("clean earlier attempt: %w", err)}
-	}
-	var members []string
-	var err error
-	switch r.job.Request.Level {
-	case LevelGroup:
-		r.setPhase("reading Group " + r.job.Request.GroupID)
-		if members, err = readGroup(ctx, r.up, r.job.Request.GroupID); err != nil {
-			return err
-		}
-	default:
-		return Errorf(EINVALID, "export level %q is not supported", r.job.Request.Level)
-	}
-	var units []Unit
-	for _, t := range r.job.Request.Types {
-		param, ok := CompartmentParam(t)
-		if !ok || IsReferencedType(t) {
-			continue
-		}
-		units = append(units, r.batches(len(units), 0, t, param, members)...)
-	}
-	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, units); err != nil {
-		return &fatal{err}
-	}
-	r.units = units
-	return nil
-}
-
-// batches cuts values into units of BatchSize, numbered from firstID.
-func (r *jobRun) batches(firstID, round int, rtype, param string, values []string) []Unit {
-	var units []Unit
-	size := r.s.opts.BatchSize
-	split := r.s.listsUnsupported(r.base, rtype)
-	for i := 0; i < len(values); i += size {
-		units = append(units, Unit{
-			ID: firstID + len(units), Round: round, Type: rtype, Param: param,
-			Values: values[i:min(i+size, len(values))], State: UnitPending, Split: split,
-		})
-	}
-	return units
 }
 
 func (r *jobRun) hasRound(round int) bool {
@@ -347,6 +314,13 @@ func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *i
 			if e.ResourceType != u.Type || (e.Mode != "match" && e.Mode != "") || !ValidID(e.ID) {
 				continue
 			}
+			if keep := r.elements[u.Type]; keep != nil {
+				sub, err := subsetResource(e.Resource, keep)
+				if err != nil {
+					return fmt.Errorf("_elements on %s/%s: %w", u.Type, e.ID, err)
+				}
+				e.Resource = sub
+			}
 			if _, err := part.Write(append(append([]byte(e.ID), '\t'), e.Resource...)); err != nil {
 				return &fatal{err}
 			}
@@ -376,14 +350,26 @@ func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *i
 	if u.Next != "" {
 		return r.up.SearchNext(ctx, u.Type, u.Next, page)
 	}
-	values := u.Values
-	if u.Split {
-		values = u.Values[u.Sub : u.Sub+1]
-	}
 	params := url.Values{}
-	params.Set(u.Param, strings.Join(values, ","))
+	if u.Filter != "" {
+		fq, err := url.ParseQuery(u.Filter)
+		if err != nil {
+			return Errorf(EINVALID, "_typeFilter %s?%s is malformed", u.Type, u.Filter)
+		}
+		params = fq
+	}
+	if u.Param != "" {
+		values := u.Values
+		if u.Split {
+			values = u.Values[u.Sub : u.Sub+1]
+		}
+		params.Set(u.Param, strings.Join(values, ","))
+	}
 	params.Set("_count", strconv.Itoa(r.s.opts.PageSize))
 	params["_lastUpdated"] = r.lastUpdated
+	if r.upstreamElements != "" {
+		params.Set("_elements", r.upstreamElements)
+	}
 	return r.up.Search(ctx, u.Type, params, page)
 }
 

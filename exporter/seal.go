@@ -57,7 +57,8 @@ func (r *jobRun) eachLine(ctx context.Context, u *Unit, fn func(id string, resou
 // buildType writes the sealed files of one type from the part files of its
 // done units in the given rounds, dropping repeated ids; when collect is
 // not nil, the wanted references of every written resource go into it.
-func (r *jobRun) buildType(ctx context.Context, rtype string, inRound func(int) bool, collect refs) ([]File, error) {
+// onAdd, when not nil, is called with the id of every written resource.
+func (r *jobRun) buildType(ctx context.Context, rtype string, inRound func(int) bool, collect refs, onAdd func(id string)) ([]File, error) {
 	w := newTypeWriter(ctx, r.s.opts.Blobs, r.job.ID, rtype, KindOutput, r.s.opts.MaxFileSize)
 	defer w.abort()
 	for i := range r.units {
@@ -70,7 +71,10 @@ func (r *jobRun) buildType(ctx context.Context, rtype string, inRound func(int) 
 			if err != nil {
 				return &fatal{err}
 			}
-			if added && collect != nil {
+			if added && onAdd != nil {
+				onAdd(id)
+			}
+			if added && collect != nil && len(r.wanted) > 0 {
 				scanReferences(res, r.base, func(t, rid string) {
 					if r.wanted[t] {
 						collect.add(t, rid)
@@ -90,23 +94,39 @@ func (r *jobRun) buildType(ctx context.Context, rtype string, inRound func(int) 
 	return files, nil
 }
 
-// sealCompartment builds the compartment types' files, plans the first
-// reference round from their references, and records both.
+// sealCompartment builds the files of the round-0 types (except the late
+// ones), plans the first reference round (and the associated Provenance)
+// from their resources, and records both.
 func (r *jobRun) sealCompartment(ctx context.Context) error {
 	r.setPhase("sealing compartment files")
 	collect := refs{}
+	var targets []string
 	var files []File
 	for _, t := range r.job.Request.Types {
-		if _, ok := CompartmentParam(t); !ok || IsReferencedType(t) {
+		if !r.round0(t) {
 			continue
 		}
-		fs, err := r.buildType(ctx, t, func(round int) bool { return round == 0 }, collect)
+		if r.late(t) {
+			// Built at the end; its references count now.
+			if err := r.scanUnits(ctx, t, 0, collect); err != nil {
+				return err
+			}
+			continue
+		}
+		var onAdd func(id string)
+		if r.job.Request.AssociatedProvenance && t != "Provenance" {
+			onAdd = func(id string) { targets = append(targets, t+"/"+id) }
+		}
+		fs, err := r.buildType(ctx, t, func(round int) bool { return round == 0 }, collect, onAdd)
 		if err != nil {
 			return err
 		}
 		files = append(files, fs...)
 	}
 	if err := r.planRefs(ctx, collect, 1); err != nil {
+		return err
+	}
+	if err := r.planProvenance(ctx, targets); err != nil {
 		return err
 	}
 	j, err := r.s.opts.Store.Update(ctx, r.job.ID, func(j *Job) error {
@@ -121,13 +141,47 @@ func (r *jobRun) sealCompartment(ctx context.Context) error {
 	return nil
 }
 
+// planProvenance persists round-1 units that search the Provenance
+// targeting the exported resources (includeAssociatedData).
+func (r *jobRun) planProvenance(ctx context.Context, targets []string) error {
+	if len(targets) == 0 || r.hasTargetUnits() {
+		return nil
+	}
+	units := r.batches(len(r.units), 1, "Provenance", "target", targets)
+	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, units); err != nil {
+		return &fatal{err}
+	}
+	r.mu.Lock()
+	r.units = append(r.units, units...)
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *jobRun) hasTargetUnits() bool {
+	for i := range r.units {
+		if r.units[i].Param == "target" {
+			return true
+		}
+	}
+	return false
+}
+
 // scanRound collects the wanted references of the resources a reference
 // round fetched.
 func (r *jobRun) scanRound(ctx context.Context, round int) (refs, error) {
 	collect := refs{}
+	return collect, r.scanUnits(ctx, "", round, collect)
+}
+
+// scanUnits collects the wanted references in the part files of the done
+// units of a round (of one type, or of every type when rtype is "").
+func (r *jobRun) scanUnits(ctx context.Context, rtype string, round int, collect refs) error {
+	if len(r.wanted) == 0 {
+		return nil
+	}
 	for i := range r.units {
 		u := &r.units[i]
-		if u.Round != round || u.State != UnitDone {
+		if u.Round != round || u.State != UnitDone || (rtype != "" && u.Type != rtype) {
 			continue
 		}
 		err := r.eachLine(ctx, u, func(_ string, res []byte) error {
@@ -139,10 +193,10 @@ func (r *jobRun) scanRound(ctx context.Context, round int) (refs, error) {
 			return nil
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return collect, nil
+	return nil
 }
 
 // planRefs persists the units of a reference round for the collected ids
@@ -150,7 +204,7 @@ func (r *jobRun) scanRound(ctx context.Context, round int) (refs, error) {
 func (r *jobRun) planRefs(ctx context.Context, collect refs, round int) error {
 	asked := refs{}
 	for i := range r.units {
-		if u := &r.units[i]; u.Round >= 1 {
+		if u := &r.units[i]; u.Round >= 1 && u.Param == "_id" {
 			for _, id := range u.Values {
 				asked.add(u.Type, id)
 			}
@@ -165,7 +219,13 @@ func (r *jobRun) planRefs(ctx context.Context, collect refs, round int) error {
 			}
 		}
 		slices.Sort(ids)
-		units = append(units, r.batches(len(r.units)+len(units), round, t, "_id", ids)...)
+		for _, f := range r.filters(t) {
+			us := r.batches(len(r.units)+len(units), round, t, "_id", ids)
+			for i := range us {
+				us[i].Filter = f
+			}
+			units = append(units, us...)
+		}
 	}
 	if len(units) == 0 {
 		return nil
@@ -184,10 +244,10 @@ func (r *jobRun) planRefs(ctx context.Context, collect refs, round int) error {
 func (r *jobRun) complete(ctx context.Context) error {
 	files := slices.Clone(r.job.Files)
 	for _, t := range r.job.Request.Types {
-		if !IsReferencedType(t) {
+		if !r.late(t) {
 			continue
 		}
-		fs, err := r.buildType(ctx, t, func(round int) bool { return round >= 1 }, nil)
+		fs, err := r.buildType(ctx, t, func(int) bool { return true }, nil, nil)
 		if err != nil {
 			return err
 		}

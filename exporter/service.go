@@ -28,6 +28,13 @@ type Options struct {
 	// UnitRetryBudget bounds the retries of all upstream requests of one
 	// work unit (default 50).
 	UnitRetryBudget int
+	// MaxActivePerClient bounds the queued and running jobs of one client
+	// (default 1; negative: no bound); MaxActive bounds them in all
+	// (default 10; negative: no bound). More kick-offs get ETHROTTLED.
+	MaxActivePerClient int
+	MaxActive          int
+	// MaxPatients refuses exports of more patients (0: no bound).
+	MaxPatients int
 	// MaxJobs is the number of jobs run at once (default 2).
 	MaxJobs int
 	// MaxFileSize splits output files at about this size (default 256 MiB).
@@ -64,6 +71,9 @@ type Service struct {
 	wg       sync.WaitGroup
 
 	noLists sync.Map // upstream base + "|" + type -> true: no comma OR lists
+
+	// submitMu makes the active-job limits and the job's creation atomic.
+	submitMu sync.Mutex
 }
 
 type run struct {
@@ -90,6 +100,12 @@ func New(o Options) (*Service, error) {
 	}
 	if o.UnitConcurrency <= 0 {
 		o.UnitConcurrency = 4
+	}
+	if o.MaxActivePerClient == 0 {
+		o.MaxActivePerClient = 1
+	}
+	if o.MaxActive == 0 {
+		o.MaxActive = 10
 	}
 	if o.UnitRetryBudget <= 0 {
 		o.UnitRetryBudget = 50
@@ -203,43 +219,6 @@ func (s *Service) Draining() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.draining
-}
-
-// Submit validates what only the upstream can tell (the Group exists, the
-// types are supported), then creates and persists a queued job.
-func (s *Service) Submit(ctx context.Context, req Request) (*Job, error) {
-	if s.Draining() {
-		return nil, Errorf(EUNAVAILABLE, "the server is shutting down; try again shortly")
-	}
-	up, err := s.opts.UpstreamFor(req.PathVars)
-	if err != nil {
-		return nil, err
-	}
-	if req.Level == LevelGroup {
-		if _, err := readGroup(ctx, up, req.GroupID); err != nil {
-			return nil, err
-		}
-	}
-	if err := s.checkTypes(ctx, up, &req); err != nil {
-		return nil, err
-	}
-	now := s.opts.Now().UTC()
-	job := &Job{
-		ID:              NewID(),
-		State:           StateQueued,
-		Request:         req,
-		TransactionTime: now.Truncate(time.Millisecond),
-		CreatedAt:       now,
-		UpdatedAt:       now,
-		Reason:          "submitted",
-	}
-	if err := s.opts.Store.Create(ctx, job); err != nil {
-		return nil, fmt.Errorf("persist job: %w", err)
-	}
-	s.log.Info().Str("job_id", job.ID).Str("level", string(req.Level)).Str("group", req.GroupID).
-		Strs("types", req.Types).Msg("export job queued")
-	s.notify()
-	return job, nil
 }
 
 // checkTypes keeps the requested types the upstream supports. An explicit

@@ -16,6 +16,14 @@ type Query struct {
 	Since time.Time
 	// Until, if not zero, keeps only resources with lastUpdated <= Until.
 	Until time.Time
+	// System asks for a system-level export: every resource of each
+	// requested type, no patient selection and no reference following.
+	System bool
+	// Patients, when set, replaces the patient set (the patient parameter).
+	Patients []string
+	// AssociatedProvenance adds the Provenance resources whose target is
+	// one of the exported compartment resources (includeAssociatedData).
+	AssociatedProvenance bool
 }
 
 // referencedTypes are the non-compartment types an export reaches by
@@ -37,8 +45,8 @@ func (q Query) keep(r *resource) bool {
 
 // Expected returns the ground truth of an export: resource type -> id ->
 // the exact resource JSON (compact, as served in search results). Every
-// requested type has an entry, possibly empty. It is computed from the data
-// directly:
+// requested type has an entry, possibly empty. Deleted resources are never
+// in it (see ExpectedDeleted). It is computed from the data directly:
 //
 //  1. The patients are Members(q.GroupID), or all patients for "".
 //  2. Requested compartment types contribute the resources in those
@@ -50,9 +58,12 @@ func (q Query) keep(r *resource) bool {
 //     the result that pass Since/Until, transitively.
 func (s *Server) Expected(q Query) map[string]map[string][]byte {
 	var patients []string
-	if q.GroupID != "" {
+	switch {
+	case len(q.Patients) > 0:
+		patients = q.Patients
+	case q.GroupID != "":
 		patients = s.Members(q.GroupID)
-	} else {
+	default:
 		patients = s.PatientIDs()
 	}
 
@@ -77,6 +88,18 @@ func (s *Server) Expected(q Query) map[string]map[string][]byte {
 			wantRef[typ] = true
 		}
 	}
+	if q.System {
+		for _, typ := range q.Types {
+			if ts := s.types[typ]; ts != nil {
+				for _, r := range ts.list {
+					if r.body != nil {
+						add(typ, r)
+					}
+				}
+			}
+		}
+		return out
+	}
 	for _, typ := range q.Types {
 		ts := s.types[typ]
 		if ts == nil || referencedTypes[typ] {
@@ -91,6 +114,31 @@ func (s *Server) Expected(q Query) map[string]map[string][]byte {
 			}
 			for _, r := range ts.comp[pid] {
 				add(typ, r)
+			}
+		}
+	}
+	if q.AssociatedProvenance && s.types["Provenance"] != nil {
+		if out["Provenance"] == nil {
+			out["Provenance"] = map[string][]byte{}
+		}
+		for _, r := range s.types["Provenance"].list {
+			if r.body == nil {
+				continue
+			}
+			var p struct {
+				Target []struct {
+					Reference string `json:"reference"`
+				} `json:"target"`
+			}
+			if json.Unmarshal(r.body, &p) != nil {
+				continue
+			}
+			for _, t := range p.Target {
+				typ, id, ok := splitRef(t.Reference)
+				if ok && typ != "Provenance" && !referencedTypes[typ] && out[typ][id] != nil {
+					add("Provenance", r)
+					break
+				}
 			}
 		}
 	}

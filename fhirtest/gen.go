@@ -276,9 +276,44 @@ func (s *Server) genPatients(n int, sz sharedSizes) {
 	wg.Wait()
 	for t := range numPT {
 		ts := s.types[ptNames[t]]
-		wg.Go(func() { ts.load(backing[t]) })
+		wg.Go(func() {
+			list := backing[t]
+			var tombs []*resource
+			if t != tPatient && s.opts.Deleted > 0 {
+				list, tombs = predelete(list, s.opts.Deleted, newRand(s.opts.Seed, 0xde1e7ed0+uint64(t)))
+			}
+			ts.load(list)
+			for _, tomb := range tombs {
+				ts.gone[tomb.id] = tomb
+				ts.nextSeq = max(ts.nextSeq, tomb.seq+1)
+			}
+		})
 	}
 	wg.Wait()
+}
+
+// deletedWindow is how far back from the end of the simulated window
+// generated deletions go.
+const deletedWindow = 365 * msDay
+
+// predelete deletes the given share of list, drawing from r: it compacts
+// the survivors in place (keeping their order) and returns them with the
+// tombstones of the others, each deleted at a random time after its
+// lastUpdated in the last year of the simulated window.
+func predelete(list []resource, share float64, r *rand.Rand) ([]resource, []*resource) {
+	var tombs []*resource
+	live := list[:0]
+	for i := range list {
+		res := list[i]
+		if r.Float64() >= share {
+			live = append(live, res)
+			continue
+		}
+		at := randTime(r, max(res.lu+1, simEnd-deletedWindow), simEnd)
+		tombs = append(tombs, &resource{id: res.id, seq: i, lu: at, version: res.version + 1, patients: res.patients})
+	}
+	clear(list[len(live):])
+	return live, tombs
 }
 
 // groupMember is one Group.member entry.

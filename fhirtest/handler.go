@@ -22,11 +22,13 @@ const ContentType = "application/fhir+json;charset=utf-8"
 // Options.BasePath. The base URL used in fullUrl and next links is derived
 // from the request: http://{Host}{BasePath} (https with TLS).
 //
-// Served interactions: GET metadata; GET [type]/[id] (read);
-// GET [type]/[id]/_history/[vid] (vread); GET [type]?params and
+// Served interactions: GET metadata; GET [type]/[id] (read; 410 Gone once
+// deleted); GET [type]/[id]/_history/[vid] (vread); GET [type]?params and
 // POST [type]/_search (search, form body merged with the query);
 // GET [base]?_getpages=token&_getpagesoffset=n&_count=c (next pages);
-// POST [type] (create).
+// POST [type] (create); DELETE [type]/[id] (delete); GET _history,
+// GET [type]/_history and GET [type]/[id]/_history (history, with _since
+// and _count, paged like searches; 404 with Options.NoHistory).
 func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serve) }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
@@ -80,8 +82,14 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			if !allowMethod(w, r, pretty, http.MethodGet) {
 				return
 			}
-			s.capOnce.Do(func() { s.capBody = capabilityStatement() })
+			s.capOnce.Do(func() { s.capBody = capabilityStatement(!s.opts.NoHistory) })
 			writeFHIR(w, http.StatusOK, s.capBody, pretty)
+			return
+		}
+		if segs[0] == "_history" {
+			if allowMethod(w, r, pretty, http.MethodGet) {
+				s.handleHistory(w, r, base, "", "", q, pretty)
+			}
 			return
 		}
 	}
@@ -114,9 +122,22 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.handleSearch(w, r, base, typ, r.Form, pretty)
-	case len(segs) == 2:
+	case len(segs) == 2 && segs[1] == "_history":
 		if allowMethod(w, r, pretty, http.MethodGet) {
+			s.handleHistory(w, r, base, typ, "", q, pretty)
+		}
+	case len(segs) == 2:
+		switch r.Method {
+		case http.MethodGet:
 			s.handleRead(w, typ, segs[1], "", pretty)
+		case http.MethodDelete:
+			s.handleDelete(w, typ, segs[1], pretty)
+		default:
+			allowMethod(w, r, pretty, http.MethodGet, http.MethodDelete)
+		}
+	case len(segs) == 3 && segs[2] == "_history":
+		if allowMethod(w, r, pretty, http.MethodGet) {
+			s.handleHistory(w, r, base, typ, segs[1], q, pretty)
 		}
 	case len(segs) == 4 && segs[2] == "_history":
 		if allowMethod(w, r, pretty, http.MethodGet) {
@@ -169,6 +190,14 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 func (s *Server) handleRead(w http.ResponseWriter, typ, id, vid string, pretty bool) {
 	r := s.lookup(typ, id)
+	if r == nil {
+		if tomb := s.tombstone(typ, id); tomb != nil {
+			w.Header().Set("ETag", `W/"`+strconv.Itoa(tomb.version)+`"`)
+			writeError(w, &httpError{http.StatusGone, "deleted", fmt.Sprintf("Resource was deleted at %s",
+				time.UnixMilli(tomb.lu).UTC().Format(layoutInstant))}, pretty)
+			return
+		}
+	}
 	if r == nil || (vid != "" && vid != strconv.Itoa(r.version)) {
 		what := typ + "/" + id
 		if vid != "" {

@@ -352,7 +352,7 @@ func matchRef(want, have string) bool {
 }
 
 // capabilityStatement builds the server's CapabilityStatement.
-func capabilityStatement() []byte {
+func capabilityStatement(history bool) []byte {
 	type sp struct {
 		Name string `json:"name"`
 		Type string `json:"type"`
@@ -369,7 +369,10 @@ func capabilityStatement() []byte {
 	types := servedTypes()
 	sort.Strings(types)
 	for _, t := range types {
-		r := res{Type: t, Interaction: []interaction{{"read"}, {"vread"}, {"search-type"}, {"create"}}}
+		r := res{Type: t, Interaction: []interaction{{"read"}, {"vread"}, {"search-type"}, {"create"}, {"delete"}}}
+		if history {
+			r.Interaction = append(r.Interaction, interaction{"history-instance"}, interaction{"history-type"})
+		}
 		for _, n := range paramNames(t) {
 			d, _ := lookupParam(t, n)
 			r.SearchParam = append(r.SearchParam, sp{n, d.kind.fhirType()})
@@ -385,11 +388,15 @@ func capabilityStatement() []byte {
 		"software":     map[string]any{"name": "fhirtest synthetic FHIR server", "version": "1.0"},
 		"fhirVersion":  "4.0.1",
 		"format":       []string{"application/fhir+json", "json"},
-		"rest": []any{map[string]any{
-			"mode":     "server",
-			"resource": resources,
-		}},
 	}
+	rest := map[string]any{
+		"mode":     "server",
+		"resource": resources,
+	}
+	if history {
+		rest["interaction"] = []interaction{{"history-system"}}
+	}
+	cs["rest"] = []any{rest}
 	b, _ := json.Marshal(cs)
 	return b
 }

@@ -53,7 +53,7 @@ func TestReadAndMetadata(t *testing.T) {
 	expectOutcome(t, resp, body, 404)
 	resp, body = get(t, base+"/Patient/$export")
 	expectOutcome(t, resp, body, 400)
-	resp, body = do(t, mustReq(t, http.MethodDelete, base+"/Patient/1", ""))
+	resp, body = do(t, mustReq(t, http.MethodPut, base+"/Patient/1", ""))
 	expectOutcome(t, resp, body, 405)
 
 	resp, body = get(t, base+"/metadata")

@@ -435,8 +435,10 @@ func decodeRoots(body []byte, roots map[string]bool) map[string]any {
 
 // snapshot is the frozen result list behind a next link.
 type snapshot struct {
-	typ     string
+	typ     string // the RequestsByType and TypeFaults key
 	res     []*resource
+	hist    []histEntry // a history's entries (history is true)
+	history bool
 	count   int
 	expires time.Time
 }
@@ -607,6 +609,11 @@ func (s *Server) handlePage(w http.ResponseWriter, r *http.Request, base string,
 		count = n
 	}
 	self := base + "?" + r.URL.RawQuery
+	if sn.history {
+		page := sn.hist[min(offset, len(sn.hist)):min(offset+count, len(sn.hist))]
+		s.writePage(w, r, s.historyBundle(base, sn.hist, offset, count, self, token), histKey(page), fp, pretty)
+		return
+	}
 	page := sn.res[min(offset, len(sn.res)):min(offset+count, len(sn.res))]
 	s.writePage(w, r, s.pageBundle(base, sn.typ, sn.res, offset, count, self, token, false, false), pageKey(sn.typ, page), fp, pretty)
 }

@@ -11,6 +11,11 @@
 // mid-body, stalled bodies, expiring cursors, authorization failures) with
 // counters (FaultCounts, PageStats) to measure how a client copes. Expected
 // computes the ground truth of a bulk export directly from the data.
+//
+// Resources can be deleted (DELETE, Delete, Options.Deleted at generation)
+// and touched (Update); history (GET _history, [type]/_history) lists the
+// changes and deletions since _since, and ExpectedDeleted gives the ground
+// truth of an export's deleted[] output.
 package fhirtest
 
 import (
@@ -89,6 +94,17 @@ type Options struct {
 	OutcomeEntries bool
 	// Pretty indents JSON responses.
 	Pretty bool
+	// Deleted is the share (0..1) of the generated clinical resources (the
+	// per-patient types except Patient) that are deleted at generation time,
+	// each at a random time after its lastUpdated within the last year of
+	// the simulated window (which ends 2025-06-01), so that history and
+	// exports with _since see deletions. The choice is deterministic in
+	// Seed and leaves the surviving resources byte-identical.
+	Deleted float64
+	// NoHistory makes every _history request answer 404, as a server
+	// without history support does, and leaves the history interactions
+	// out of the CapabilityStatement.
+	NoHistory bool
 }
 
 func (o Options) withDefaults() Options {
@@ -118,31 +134,42 @@ func (o Options) withDefaults() Options {
 	if o.RetryAfter <= 0 {
 		o.RetryAfter = time.Second
 	}
+	o.Deleted = min(max(o.Deleted, 0), 1)
 	return o
 }
 
-// resource is one stored resource. Bodies are immutable once stored, so a
-// *resource may be shared freely between goroutines.
+// resource is one stored resource. A *resource is immutable once stored,
+// so it may be shared freely between goroutines: updates and deletions
+// replace it. A deleted resource is kept as a tombstone with a nil body.
 type resource struct {
 	id       string
-	seq      int   // position in its type's list (the stable search order)
-	lu       int64 // meta.lastUpdated, unix milliseconds
+	seq      int   // the stable search order within its type
+	lu       int64 // meta.lastUpdated (deletion time of tombstones), unix ms
 	version  int
-	body     []byte   // compact JSON, exactly as served
+	body     []byte   // compact JSON, exactly as served; nil: deleted
 	patients []string // ids of the patients whose compartment holds it
 }
 
-// typeStore holds the resources of one type.
+// deleted reports whether r is a tombstone.
+func (r *resource) deleted() bool { return r.body == nil }
+
+// typeStore holds the resources of one type. list, byID and comp hold the
+// live resources only; gone holds the tombstones of deleted ones. The
+// slices in list and comp are never written in place below their length
+// (readers scan them without the lock): removals and replacements copy.
 type typeStore struct {
-	name   string
-	list   []*resource
-	byID   map[string]*resource
-	comp   map[string][]*resource // patient id -> compartment members, by seq
-	nextID int
+	name    string
+	list    []*resource
+	byID    map[string]*resource
+	comp    map[string][]*resource // patient id -> compartment members, by seq
+	gone    map[string]*resource   // id -> tombstone
+	nextID  int
+	nextSeq int
 }
 
 func newTypeStore(name string) *typeStore {
-	return &typeStore{name: name, byID: map[string]*resource{}, comp: map[string][]*resource{}, nextID: 1}
+	return &typeStore{name: name, byID: map[string]*resource{}, comp: map[string][]*resource{},
+		gone: map[string]*resource{}, nextID: 1}
 }
 
 // load installs generated resources (ordered) and builds the indexes.
@@ -154,6 +181,7 @@ func (ts *typeStore) load(backing []resource) {
 	for i := range backing {
 		r := &backing[i]
 		r.seq = i
+		ts.nextSeq = i + 1
 		ts.list[i] = r
 		ts.byID[r.id] = r
 		if n, err := strconv.Atoi(r.id); err == nil && n >= ts.nextID {
@@ -260,7 +288,8 @@ func (s *Server) ids(typ string) []string {
 	return out
 }
 
-// Count returns the number of resources of resourceType.
+// Count returns the number of (live, not deleted) resources of
+// resourceType.
 func (s *Server) Count(resourceType string) int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -270,10 +299,21 @@ func (s *Server) Count(resourceType string) int {
 	return 0
 }
 
-// Resource returns the stored JSON of one resource, or nil.
+// Resource returns the stored JSON of one resource, or nil (also once it
+// is deleted).
 func (s *Server) Resource(resourceType, id string) []byte {
 	if r := s.lookup(resourceType, id); r != nil {
 		return r.body
+	}
+	return nil
+}
+
+// tombstone returns the tombstone of a deleted resource, or nil.
+func (s *Server) tombstone(typ, id string) *resource {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if ts := s.types[typ]; ts != nil {
+		return ts.gone[id]
 	}
 	return nil
 }
@@ -324,8 +364,11 @@ func (s *Server) Members(groupID string) []string {
 // the last ResetCounters.
 func (s *Server) Requests() int64 { return s.requests.Load() }
 
-// RequestsByType returns the number of searches and page fetches per
-// resource type since New or the last ResetCounters.
+// RequestsByType returns the number of searches, history requests and page
+// fetches per resource type since New or the last ResetCounters. System
+// history requests (GET _history) and their page fetches count under
+// "_history". Requests answered 404 because of Options.NoHistory are not
+// counted.
 func (s *Server) RequestsByType() map[string]int64 {
 	s.ctrMu.Lock()
 	defer s.ctrMu.Unlock()
@@ -399,7 +442,7 @@ func (s *Server) create(typ string, body []byte) (*resource, error) {
 	defer s.mu.Unlock()
 	ts := s.types[typ]
 	id := strconv.Itoa(ts.nextID)
-	for ts.byID[id] != nil {
+	for ts.byID[id] != nil || ts.gone[id] != nil {
 		ts.nextID++
 		id = strconv.Itoa(ts.nextID)
 	}
@@ -432,7 +475,8 @@ func (s *Server) create(typ string, body []byte) (*resource, error) {
 	}
 	w.end()
 
-	r := &resource{id: id, seq: len(ts.list), lu: lu, version: 1, body: w.b, patients: patients}
+	r := &resource{id: id, seq: ts.nextSeq, lu: lu, version: 1, body: w.b, patients: patients}
+	ts.nextSeq++
 	ts.list = append(ts.list, r)
 	ts.byID[id] = r
 	for _, p := range patients {

@@ -47,6 +47,11 @@ func (h *handlers) kickoff(level exporter.Level) gin.HandlerFunc {
 			WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "not found")
 			return
 		}
+		if !acceptsFHIRJSON(r.Header) {
+			WriteOutcome(c.Writer, http.StatusNotAcceptable, fhir.IssueTypeNotSupported,
+				"the kick-off answers in application/fhir+json only")
+			return
+		}
 		base := h.publicBase(r, vars)
 		var path string
 		switch level {
@@ -245,6 +250,25 @@ func (h *handlers) file(c *gin.Context) {
 		return
 	}
 	http.ServeContent(w, r, "", blob.ModTime(), blob)
+}
+
+// acceptsFHIRJSON reports whether the Accept header (if any) allows a FHIR
+// JSON answer.
+func acceptsFHIRJSON(h http.Header) bool {
+	values := h.Values("Accept")
+	if len(values) == 0 {
+		return true
+	}
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			mt, _, _ := strings.Cut(strings.TrimSpace(part), ";")
+			switch strings.ToLower(strings.TrimSpace(mt)) {
+			case "", "*/*", "application/*", "application/fhir+json", "application/json", "application/json+fhir":
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // acceptsGzip reports whether Accept-Encoding allows gzip (q > 0).

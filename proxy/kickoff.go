@@ -27,9 +27,16 @@ var outputFormats = map[string]bool{
 // laterParams are kick-off parameters of the Bulk Data IG that this server
 // does not take yet: an error, or ignored and reported when lenient.
 var laterParams = map[string]bool{
-	"_elements": true, "patient": true, "includeAssociatedData": true,
-	"_typeFilter": true, "_until": true, "organizeOutputBy": true,
-	"allowPartialManifests": true,
+	"organizeOutputBy": true, "allowPartialManifests": true,
+}
+
+// filterForbidden are search parameters a _typeFilter may not use: result
+// shaping the IG excludes, and what the export itself sets.
+var filterForbidden = map[string]bool{
+	"_include": true, "_revinclude": true, "_sort": true, "_count": true, "_elements": true,
+	"_summary": true, "_total": true, "_contained": true, "_containedType": true,
+	"_lastUpdated": true, "_format": true, "_id": true, "patient": true, "subject": true,
+	"_getpages": true,
 }
 
 // kickoffParam is one kick-off parameter value, from the query or a
@@ -149,9 +156,8 @@ func invalid(param, msg string) *exporter.Error {
 }
 
 // parseKickoff validates the parameters of a kick-off at a level into a
-// Request.
-// Problems are errors, or with lenient handling ignored and listed in
-// Request.Ignored, where the IG allows that.
+// Request. Problems are errors, or with lenient handling ignored and listed
+// in Request.Ignored, where the IG allows that.
 func parseKickoff(level exporter.Level, params []kickoffParam, prefs preferences) (exporter.Request, error) {
 	req := exporter.Request{Level: level, OutputFormat: "application/fhir+ndjson", Lenient: prefs.lenient}
 	ignore := func(param, msg string) error {
@@ -161,65 +167,174 @@ func parseKickoff(level exporter.Level, params []kickoffParam, prefs preferences
 		}
 		return invalid(param, msg)
 	}
-	seenSince, sawType := false, false
+	seen := map[string]bool{}
+	once := func(name string) error {
+		if seen[name] {
+			return invalid(name, name+" is given more than once")
+		}
+		seen[name] = true
+		return nil
+	}
+	var filters []string
 	for _, p := range params {
+		var err error
 		switch {
 		case p.name == "_type":
-			sawType = true
-			for _, t := range strings.Split(p.value, ",") {
-				t = strings.TrimSpace(t)
-				switch {
-				case t == "":
-				case !exporter.IsResourceType(t):
-					if err := ignore("_type", fmt.Sprintf("_type %q is not a FHIR R4 resource type", t)); err != nil {
-						return req, err
-					}
-				case !exporter.Exportable(t):
-					if err := ignore("_type", fmt.Sprintf("_type %s is not exported at this level", t)); err != nil {
-						return req, err
-					}
-				default:
-					req.ExplicitTypes = true
-					if !slices.Contains(req.Types, t) {
-						req.Types = append(req.Types, t)
-					}
-				}
+			seen["_type"] = true
+			err = parseTypes(&req, p.value, ignore)
+		case p.name == "_since" || p.name == "_until":
+			if err = once(p.name); err != nil {
+				return req, err
 			}
-		case p.name == "_since":
-			if seenSince {
-				return req, invalid("_since", "_since is given more than once")
+			t, perr := parseInstant(p.value)
+			if perr != nil {
+				return req, invalid(p.name, fmt.Sprintf("%s %q is not a FHIR instant (such as 2024-01-02T03:04:05Z)", p.name, p.value))
 			}
-			seenSince = true
-			t, err := parseInstant(p.value)
-			if err != nil {
-				return req, invalid("_since", fmt.Sprintf("_since %q is not a FHIR instant (such as 2024-01-02T03:04:05Z)", p.value))
+			if p.name == "_since" {
+				req.Since = &t
+			} else {
+				req.Until = &t
 			}
-			req.Since = &t
 		case p.name == "_outputFormat":
 			if !outputFormats[p.value] {
-				if err := ignore("_outputFormat", fmt.Sprintf("_outputFormat %q is not supported (use application/fhir+ndjson)", p.value)); err != nil {
-					return req, err
+				err = ignore("_outputFormat", fmt.Sprintf("_outputFormat %q is not supported (use application/fhir+ndjson)", p.value))
+			}
+		case p.name == "_format" && strings.Contains(p.value, "json"):
+			// The format of the kick-off's own OperationOutcome: JSON anyway.
+		case p.name == "patient":
+			if level == exporter.LevelSystem {
+				err = ignore("patient", "the patient parameter applies to Group and Patient level exports only")
+				break
+			}
+			err = parsePatients(&req, p.value)
+		case p.name == "_typeFilter":
+			filters = append(filters, splitList(p.value)...)
+		case p.name == "_elements":
+			for _, e := range splitList(p.value) {
+				if !exporter.ValidElement(e) {
+					return req, invalid("_elements", fmt.Sprintf("_elements %q is not an element name or Type.element", e))
+				}
+				if !slices.Contains(req.Elements, e) {
+					req.Elements = append(req.Elements, e)
 				}
 			}
-		case p.name == "_format" && (p.value == "json" || strings.Contains(p.value, "json")):
-			// The format of the kick-off's own OperationOutcome: JSON anyway.
+		case p.name == "includeAssociatedData":
+			for _, v := range splitList(p.value) {
+				switch v {
+				case "LatestProvenanceResources", "RelevantProvenanceResources":
+					req.AssociatedProvenance = true
+				default:
+					if err = ignore("includeAssociatedData", fmt.Sprintf("includeAssociatedData %q is not supported", v)); err != nil {
+						return req, err
+					}
+				}
+			}
 		case laterParams[p.name]:
-			if err := ignore(p.name, fmt.Sprintf("parameter %s is not supported by this server", p.name)); err != nil {
-				return req, err
-			}
+			err = ignore(p.name, fmt.Sprintf("parameter %s is not supported by this server", p.name))
 		default:
-			if err := ignore(p.name, fmt.Sprintf("unknown parameter %s", p.name)); err != nil {
-				return req, err
-			}
+			err = ignore(p.name, fmt.Sprintf("unknown parameter %s", p.name))
+		}
+		if err != nil {
+			return req, err
 		}
 	}
-	if sawType && len(req.Types) == 0 {
+	if seen["_type"] && len(req.Types) == 0 {
 		return req, invalid("_type", "none of the requested types can be exported")
 	}
 	if !req.ExplicitTypes {
 		req.Types = slices.Clone(exporter.DefaultTypes)
 	}
+	if req.AssociatedProvenance && !slices.Contains(req.Types, "Provenance") {
+		req.Types = append(req.Types, "Provenance")
+	}
+	if req.Since != nil && req.Until != nil && !req.Until.After(*req.Since) {
+		return req, invalid("_until", "_until must be later than _since")
+	}
+	for _, f := range filters {
+		if err := parseTypeFilter(&req, f, ignore); err != nil {
+			return req, err
+		}
+	}
 	return req, nil
+}
+
+// splitList splits a comma-separated parameter value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// parseTypes adds the types of one _type value.
+func parseTypes(req *exporter.Request, value string, ignore func(param, msg string) error) error {
+	for _, t := range splitList(value) {
+		switch {
+		case !exporter.IsResourceType(t):
+			if err := ignore("_type", fmt.Sprintf("_type %q is not a FHIR R4 resource type", t)); err != nil {
+				return err
+			}
+		case req.Level != exporter.LevelSystem && !exporter.Exportable(t):
+			if err := ignore("_type", fmt.Sprintf("_type %s is not exported at this level", t)); err != nil {
+				return err
+			}
+		default:
+			req.ExplicitTypes = true
+			if !slices.Contains(req.Types, t) {
+				req.Types = append(req.Types, t)
+			}
+		}
+	}
+	return nil
+}
+
+// parsePatients adds the patients of one patient value ("Patient/id", a
+// list of them, or ids).
+func parsePatients(req *exporter.Request, value string) error {
+	for _, ref := range splitList(value) {
+		id := strings.TrimPrefix(ref, "Patient/")
+		if strings.Contains(id, "/") || !exporter.ValidID(id) {
+			return invalid("patient", fmt.Sprintf("patient %q is not a Patient reference", ref))
+		}
+		if !slices.Contains(req.Patients, id) {
+			req.Patients = append(req.Patients, id)
+		}
+	}
+	return nil
+}
+
+// parseTypeFilter validates one _typeFilter (Type?query) against the
+// export's types and records it.
+func parseTypeFilter(req *exporter.Request, f string, ignore func(param, msg string) error) error {
+	t, query, ok := strings.Cut(f, "?")
+	if !ok || !exporter.IsResourceType(t) || strings.TrimSpace(query) == "" {
+		return invalid("_typeFilter", fmt.Sprintf("_typeFilter %q is not of the form Type?query", f))
+	}
+	if !slices.Contains(req.Types, t) {
+		return ignore("_typeFilter", fmt.Sprintf("_typeFilter %q names type %s, which the export does not include", f, t))
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil || len(q) == 0 {
+		return invalid("_typeFilter", fmt.Sprintf("_typeFilter %q has a malformed query", f))
+	}
+	cp, _ := exporter.CompartmentParam(t)
+	for name := range q {
+		base, _, _ := strings.Cut(name, ":")
+		if filterForbidden[base] || base == cp || strings.Contains(name, ".") {
+			return invalid("_typeFilter", fmt.Sprintf("_typeFilter %q uses %s, which is not allowed in a _typeFilter", f, name))
+		}
+	}
+	if req.TypeFilters == nil {
+		req.TypeFilters = map[string][]string{}
+	}
+	enc := q.Encode()
+	if !slices.Contains(req.TypeFilters[t], enc) {
+		req.TypeFilters[t] = append(req.TypeFilters[t], enc)
+	}
+	return nil
 }
 
 // parseInstant parses a FHIR instant. A '+' of the offset that a client

@@ -64,14 +64,14 @@ func TestKickoffSinceAndFormat(t *testing.T) {
 }
 
 func TestKickoffUnsupportedAndLenient(t *testing.T) {
-	if _, err := kickoffFrom(t, "GET", "/x?_typeFilter=Observation%3Fcode%3D1", "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
-		t.Fatalf("_typeFilter without lenient: %v", err)
+	if _, err := kickoffFrom(t, "GET", "/x?organizeOutputBy=Patient", "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
+		t.Fatalf("organizeOutputBy without lenient: %v", err)
 	}
 	if _, err := kickoffFrom(t, "GET", "/x?foo=bar", "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
 		t.Fatalf("unknown param without lenient: %v", err)
 	}
 	h := http.Header{"Prefer": {"respond-async, handling=lenient"}}
-	req, err := kickoffFrom(t, "GET", "/x?_typeFilter=Observation%3Fcode%3D1&foo=bar&_type=Patient,Foo", "", h)
+	req, err := kickoffFrom(t, "GET", "/x?organizeOutputBy=Patient&foo=bar&_type=Patient,Foo", "", h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,5 +129,60 @@ func TestMount(t *testing.T) {
 		if _, err := ParseMount(bad); err == nil {
 			t.Errorf("ParseMount(%q) accepted", bad)
 		}
+	}
+}
+
+func TestKickoffNewParameters(t *testing.T) {
+	req, err := kickoffFrom(t, "GET", "/x?_type=Observation,Condition&_typeFilter=Observation%3Fcategory%3Dlaboratory,Observation%3Fcode%3D1%252C2&_typeFilter=Condition%3Fclinical-status%3Dactive"+
+		"&_elements=id,Observation.code&_until=2025-01-01T00:00:00Z&_since=2020-01-01T00:00:00Z&includeAssociatedData=LatestProvenanceResources", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := req.TypeFilters["Observation"]; len(got) != 2 || got[0] != "category=laboratory" || got[1] != "code=1%2C2" {
+		t.Errorf("Observation filters %q", got)
+	}
+	if len(req.TypeFilters["Condition"]) != 1 || strings.Join(req.Elements, ",") != "id,Observation.code" || req.Until == nil {
+		t.Errorf("request %+v", req)
+	}
+	if !req.AssociatedProvenance || !strings.Contains(strings.Join(req.Types, ","), "Provenance") {
+		t.Errorf("includeAssociatedData: %v %v", req.AssociatedProvenance, req.Types)
+	}
+	post := `{"resourceType":"Parameters","parameter":[{"name":"patient","valueReference":{"reference":"Patient/1"}},{"name":"patient","valueReference":{"reference":"Patient/2"}}]}`
+	req, err = kickoffFrom(t, "POST", "/x", post, http.Header{"Content-Type": {"application/fhir+json"}})
+	if err != nil || strings.Join(req.Patients, ",") != "1,2" {
+		t.Fatalf("patients %v %v", req.Patients, err)
+	}
+	for _, bad := range []string{
+		"_typeFilter=Observation",                                  // no query
+		"_typeFilter=Observation%3F_include%3DObservation:subject", // forbidden
+		"_typeFilter=Observation%3F_sort%3Ddate",
+		"_typeFilter=Observation%3Fpatient%3D1",
+		"_type=Patient&_typeFilter=Observation%3Fcode%3D1", // type not exported
+		"_elements=Observation.",
+		"_elements=Foo.code",
+		"includeAssociatedData=_custom",
+		"_since=2025-01-01T00:00:00Z&_until=2020-01-01T00:00:00Z",
+		"_until=tomorrow",
+	} {
+		if _, err := kickoffFrom(t, "GET", "/x?"+bad, "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
+			t.Errorf("%s: want EINVALID, got %v", bad, err)
+		}
+	}
+	if _, err := kickoffFrom(t, "GET", "/x?patient=Patient/abc", "", nil); err != nil {
+		t.Errorf("patient on GET: %v", err)
+	}
+}
+
+func TestSystemLevelTypes(t *testing.T) {
+	r := httptest.NewRequest("GET", "/$export?_type=ValueSet,Practitioner", nil)
+	params, _ := readKickoffParams(r)
+	req, err := parseKickoff(exporter.LevelSystem, params, preferences{})
+	if err != nil || strings.Join(req.Types, ",") != "ValueSet,Practitioner" {
+		t.Fatalf("system types: %v %v", req.Types, err)
+	}
+	r = httptest.NewRequest("GET", "/$export?patient=Patient/1", nil)
+	params, _ = readKickoffParams(r)
+	if _, err := parseKickoff(exporter.LevelSystem, params, preferences{}); exporter.ErrorKind(err) != exporter.EINVALID {
+		t.Fatalf("patient at system level: %v", err)
 	}
 }

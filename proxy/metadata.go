@@ -49,7 +49,11 @@ type BulkOperation struct {
 // DefaultBulkOperations returns the operations declared when
 // PassThroughOptions.Operations is nil: Group/[id]/$export.
 func DefaultBulkOperations() []BulkOperation {
-	return []BulkOperation{{Resource: "Group", Name: "export", Definition: GroupExportDefinition}}
+	return []BulkOperation{
+		{Resource: "", Name: "export", Definition: SystemExportDefinition},
+		{Resource: "Patient", Name: "export", Definition: PatientExportDefinition},
+		{Resource: "Group", Name: "export", Definition: GroupExportDefinition},
+	}
 }
 
 // AugmentCapabilities adds the Bulk Data declarations to a CapabilityStatement

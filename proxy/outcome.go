@@ -54,6 +54,12 @@ func StatusOf(err error) (int, fhir.IssueType) {
 		return http.StatusForbidden, fhir.IssueTypeForbidden
 	case exporter.ETHROTTLED:
 		return http.StatusTooManyRequests, fhir.IssueTypeThrottled
+	case exporter.EUNPROCESSABLE:
+		return http.StatusUnprocessableEntity, fhir.IssueTypeInvalid
+	case exporter.ETOOLARGE:
+		return http.StatusRequestEntityTooLarge, fhir.IssueTypeTooCostly
+	case exporter.ENOTACCEPTABLE:
+		return http.StatusNotAcceptable, fhir.IssueTypeNotSupported
 	case exporter.EUNAVAILABLE:
 		return http.StatusServiceUnavailable, fhir.IssueTypeTransient
 	case exporter.EUPSTREAM:

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 )
@@ -79,9 +80,10 @@ func (c *Client) follow(ctx context.Context, r *request, resourceType string, n 
 	for ; ; n++ {
 		var entries []exporter.Entry
 		var next string
+		var total int
 		err := c.do(ctx, r, func(body *bodyReader) error {
 			var err error
-			entries, next, err = decodeBundle(body)
+			entries, next, err = decodeBundle(body, &total)
 			return err
 		})
 		if err != nil {
@@ -89,7 +91,7 @@ func (c *Client) follow(ctx context.Context, r *request, resourceType string, n 
 		}
 		c.pages.Add(1)
 
-		page := &exporter.Page{Entries: entries}
+		page := &exporter.Page{Entries: entries, Total: total}
 		var nextURL string
 		var nextErr error
 		if next != "" {
@@ -151,6 +153,10 @@ type bundleEntry struct {
 	Search   *struct {
 		Mode string `json:"mode"`
 	} `json:"search"`
+	Request *struct {
+		Method string `json:"method"`
+		URL    string `json:"url"`
+	} `json:"request"`
 }
 
 // resourceHead is the part of a resource Search needs.
@@ -163,7 +169,11 @@ type resourceHead struct {
 // compacted to one line and returns the entries and the next link. JSON and
 // read errors are returned as they are (the caller retries them); a Bundle
 // of the wrong kind is an *exporter.Error.
-func decodeBundle(r io.Reader) ([]exporter.Entry, string, error) {
+//
+// A history Bundle is accepted too: its entries carry request.method and
+// request.url, and deletions (no resource) are kept as entries with
+// Method "DELETE". total receives Bundle.total when present.
+func decodeBundle(r io.Reader, total *int) ([]exporter.Entry, string, error) {
 	dec := json.NewDecoder(r)
 	if err := expectDelim(dec, '{'); err != nil {
 		return nil, "", err
@@ -191,6 +201,10 @@ func decodeBundle(r io.Reader) ([]exporter.Entry, string, error) {
 			}
 		case "type":
 			if err := dec.Decode(&typ); err != nil {
+				return nil, "", unexpected(err)
+			}
+		case "total":
+			if err := dec.Decode(total); err != nil {
 				return nil, "", unexpected(err)
 			}
 		case "link":
@@ -224,6 +238,10 @@ func decodeBundle(r io.Reader) ([]exporter.Entry, string, error) {
 					return nil, "", unexpected(err)
 				}
 				if len(be.Resource) == 0 || string(be.Resource) == "null" {
+					if be.Request != nil && strings.EqualFold(be.Request.Method, "DELETE") {
+						ends = append(ends, arena.Len())
+						entries = append(entries, exporter.Entry{Method: "DELETE", URL: be.Request.URL})
+					}
 					continue
 				}
 				var head resourceHead
@@ -238,6 +256,9 @@ func decodeBundle(r io.Reader) ([]exporter.Entry, string, error) {
 				e := exporter.Entry{ResourceType: head.ResourceType, ID: head.ID}
 				if be.Search != nil {
 					e.Mode = be.Search.Mode
+				}
+				if be.Request != nil {
+					e.Method, e.URL = strings.ToUpper(be.Request.Method), be.Request.URL
 				}
 				entries = append(entries, e)
 			}
@@ -257,7 +278,7 @@ func decodeBundle(r io.Reader) ([]exporter.Entry, string, error) {
 	if rt != "Bundle" {
 		return nil, "", exporter.Errorf(exporter.EUPSTREAM, "the upstream answered a search without a Bundle")
 	}
-	if typ != "searchset" {
+	if typ != "searchset" && typ != "history" {
 		return nil, "", exporter.Errorf(exporter.EUPSTREAM,
 			"the upstream answered a search with a Bundle of type %q, not searchset", clip(typ, 64))
 	}

@@ -1,0 +1,153 @@
+package exporter
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// round0 reports whether the type is searched in round 0: every type at
+// system level; at Group and Patient level the compartment types (the
+// referenced types follow references in later rounds).
+func (r *jobRun) round0(rtype string) bool {
+	if r.job.Request.Level == LevelSystem {
+		return true
+	}
+	_, ok := CompartmentParam(rtype)
+	return ok && !IsReferencedType(rtype)
+}
+
+// late reports whether the type's files are built at the end from every
+// round rather than after round 0: the referenced types, and Provenance
+// when associated Provenance is wanted (found by compartment and by target).
+func (r *jobRun) late(rtype string) bool {
+	if r.job.Request.Level == LevelSystem {
+		return false
+	}
+	return IsReferencedType(rtype) || (rtype == "Provenance" && r.job.Request.AssociatedProvenance)
+}
+
+// filters returns the _typeFilter queries of a type, or one empty filter.
+func (r *jobRun) filters(rtype string) []string {
+	if fs := r.job.Request.TypeFilters[rtype]; len(fs) > 0 {
+		return fs
+	}
+	return []string{""}
+}
+
+// plan resolves the patients and persists the round-0 units.
+func (r *jobRun) plan(ctx context.Context) error {
+	// Nothing of an earlier attempt that died before planning is kept.
+	if err := r.s.opts.Blobs.DeleteJob(ctx, r.job.ID); err != nil {
+		return &fatal{fmt.Errorf("clean earlier attempt: %w", err)}
+	}
+	req := &r.job.Request
+	var members []string
+	var err error
+	switch req.Level {
+	case LevelGroup:
+		r.setPhase("reading Group " + req.GroupID)
+		if members, err = readGroup(ctx, r.up, req.GroupID); err != nil {
+			return err
+		}
+		if len(req.Patients) > 0 {
+			members = req.Patients // checked to be members at kick-off
+		}
+	case LevelPatient:
+		if len(req.Patients) > 0 {
+			members = req.Patients
+		} else {
+			r.setPhase("listing patients")
+			if members, err = listPatients(ctx, r.up, r.s.opts.PageSize); err != nil {
+				return err
+			}
+		}
+	case LevelSystem:
+	default:
+		return Errorf(EINVALID, "export level %q is not supported", req.Level)
+	}
+	var units []Unit
+	for _, t := range req.Types {
+		if !r.round0(t) {
+			continue
+		}
+		for _, f := range r.filters(t) {
+			if req.Level == LevelSystem {
+				units = append(units, Unit{ID: len(units), Type: t, Filter: f, State: UnitPending})
+				continue
+			}
+			param, _ := CompartmentParam(t)
+			us := r.batches(len(units), 0, t, param, members)
+			for i := range us {
+				us[i].Filter = f
+			}
+			units = append(units, us...)
+		}
+	}
+	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, units); err != nil {
+		return &fatal{err}
+	}
+	r.units = units
+	return nil
+}
+
+// batches cuts values into units of BatchSize, numbered from firstID.
+func (r *jobRun) batches(firstID, round int, rtype, param string, values []string) []Unit {
+	var units []Unit
+	size := r.s.opts.BatchSize
+	split := r.s.listsUnsupported(r.base, rtype)
+	for i := 0; i < len(values); i += size {
+		units = append(units, Unit{
+			ID: firstID + len(units), Round: round, Type: rtype, Param: param,
+			Values: values[i:min(i+size, len(values))], State: UnitPending, Split: split,
+		})
+	}
+	return units
+}
+
+// listPatients pages through the upstream's Patient search and returns
+// every patient id, in the upstream's order.
+func listPatients(ctx context.Context, up Upstream, pageSize int) ([]string, error) {
+	params := url.Values{"_count": {strconv.Itoa(pageSize)}}
+	if caps, err := up.Capabilities(ctx); err == nil && caps.SearchParam("_elements") {
+		params.Set("_elements", "id")
+	}
+	seen := map[string]bool{}
+	var ids []string
+	err := up.Search(ctx, "Patient", params, func(p *Page) error {
+		for _, e := range p.Entries {
+			if e.ResourceType == "Patient" && (e.Mode == "match" || e.Mode == "") && ValidID(e.ID) && !seen[e.ID] {
+				seen[e.ID] = true
+				ids = append(ids, e.ID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list patients: %w", err)
+	}
+	return ids, nil
+}
+
+// existingPatients returns which of the ids name Patients on the upstream.
+func existingPatients(ctx context.Context, up Upstream, ids []string, batch int) (map[string]bool, error) {
+	found := map[string]bool{}
+	for i := 0; i < len(ids); i += batch {
+		chunk := ids[i:min(i+batch, len(ids))]
+		params := url.Values{"_id": {strings.Join(chunk, ",")}, "_count": {strconv.Itoa(len(chunk))}}
+		err := up.Search(ctx, "Patient", params, func(p *Page) error {
+			for _, e := range p.Entries {
+				if e.ResourceType == "Patient" {
+					found[e.ID] = true
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return found, nil
+}

@@ -127,6 +127,9 @@ type Upstream interface {
 	// with the same rules as Search. An expired link answers 404 or 410
 	// (visible through UpstreamStatus).
 	SearchNext(ctx context.Context, resourceType, next string, fn func(*Page) error) error
+	// History pages through [type]/_history?params like Search; deletions
+	// are entries with Method "DELETE" and URL "Type/id".
+	History(ctx context.Context, resourceType string, params url.Values, fn func(*Page) error) error
 	// Capabilities returns the resource types the upstream supports (nil
 	// when it does not say).
 	Capabilities(ctx context.Context) (*Capabilities, error)
@@ -137,6 +140,8 @@ type Upstream interface {
 type Capabilities struct {
 	// Types maps each supported resource type to its search parameters.
 	Types map[string][]string
+	// History holds the types that declare the history-type interaction.
+	History map[string]bool
 }
 
 // Supports reports whether the upstream declares the resource type; true

@@ -178,6 +178,9 @@ type Job struct {
 	// files are sealed (listed in Files) and the first reference round is
 	// planned.
 	Stage string `json:"stage,omitempty"`
+	// Notes are told to the client in the manifest's extension, such as
+	// why deleted resources cannot be listed.
+	Notes []string `json:"notes,omitempty"`
 	// Files lists the sealed files, in manifest order.
 	Files []File `json:"files,omitempty"`
 }
@@ -210,6 +213,7 @@ func (j *Job) Clone() *Job {
 		}
 	}
 	c.Files = append([]File(nil), j.Files...)
+	c.Notes = append([]string(nil), j.Notes...)
 	return &c
 }
 

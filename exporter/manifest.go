@@ -11,6 +11,10 @@ type Manifest struct {
 	Extension           map[string]any `json:"extension,omitempty"`
 }
 
+// NotesExtension is the manifest extension key under which the proxy
+// explains limits of an export (for instance, deletions it cannot list).
+const NotesExtension = "https://github.com/fhir-bulk-proxy/fhir-bulk-proxy/notes"
+
 // ManifestFile is one entry of a manifest array.
 type ManifestFile struct {
 	Type  string `json:"type"`
@@ -50,6 +54,9 @@ func BuildManifest(j *Job, requiresAccessToken bool) Manifest {
 		case KindError:
 			m.Error = append(m.Error, mf)
 		}
+	}
+	if len(j.Notes) > 0 {
+		m.Extension = map[string]any{NotesExtension: j.Notes}
 	}
 	return m
 }

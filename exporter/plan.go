@@ -86,11 +86,49 @@ func (r *jobRun) plan(ctx context.Context) error {
 			units = append(units, us...)
 		}
 	}
+	if req.Since != nil {
+		hist, notes := r.historyUnits(ctx, len(units))
+		units = append(units, hist...)
+		if len(notes) > 0 {
+			j, err := r.s.opts.Store.Update(ctx, r.job.ID, func(j *Job) error { j.Notes = notes; return nil })
+			if err != nil {
+				return &fatal{err}
+			}
+			r.job = j
+		}
+	}
 	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, units); err != nil {
 		return &fatal{err}
 	}
 	r.units = units
 	return nil
+}
+
+// historyParam marks the units that read [type]/_history for deletions.
+const historyParam = "_history"
+
+// historyUnits plans one unit per type whose deletions the upstream can
+// list (its CapabilityStatement declares history-type); the notes say for
+// which types it cannot.
+func (r *jobRun) historyUnits(ctx context.Context, firstID int) ([]Unit, []string) {
+	caps, err := r.up.Capabilities(ctx)
+	if err != nil {
+		return nil, []string{"deleted resources are not listed: the upstream server's CapabilityStatement could not be read"}
+	}
+	var units []Unit
+	var missing []string
+	for _, t := range r.job.Request.Types {
+		if caps.History[t] {
+			units = append(units, Unit{ID: firstID + len(units), Type: t, Param: historyParam, State: UnitPending})
+		} else {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		return units, []string{"deleted resources are not listed for " + strings.Join(missing, ", ") +
+			": the upstream server does not offer _history for them"}
+	}
+	return units, nil
 }
 
 // batches cuts values into units of BatchSize, numbered from firstID.

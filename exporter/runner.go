@@ -310,7 +310,16 @@ func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *i
 	page := func(p *Page) error {
 		*pages++
 		n := 0
+		if u.Param == historyParam {
+			var err error
+			if n, err = r.writeDeletions(u, p, part); err != nil {
+				return err
+			}
+		}
 		for _, e := range p.Entries {
+			if u.Param == historyParam {
+				break
+			}
 			if e.ResourceType != u.Type || (e.Mode != "match" && e.Mode != "") || !ValidID(e.ID) {
 				continue
 			}
@@ -349,6 +358,10 @@ func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *i
 	}
 	if u.Next != "" {
 		return r.up.SearchNext(ctx, u.Type, u.Next, page)
+	}
+	if u.Param == historyParam {
+		hp := url.Values{"_since": {r.job.Request.Since.UTC().Format(instantFormat)}, "_count": {strconv.Itoa(r.s.opts.PageSize)}}
+		return r.up.History(ctx, u.Type, hp, page)
 	}
 	params := url.Values{}
 	if u.Filter != "" {

@@ -63,7 +63,7 @@ func (r *jobRun) buildType(ctx context.Context, rtype string, inRound func(int) 
 	defer w.abort()
 	for i := range r.units {
 		u := &r.units[i]
-		if u.Type != rtype || u.State != UnitDone || !inRound(u.Round) {
+		if u.Type != rtype || u.State != UnitDone || !inRound(u.Round) || u.Param == historyParam {
 			continue
 		}
 		err := r.eachLine(ctx, u, func(id string, res []byte) error {
@@ -181,7 +181,7 @@ func (r *jobRun) scanUnits(ctx context.Context, rtype string, round int, collect
 	}
 	for i := range r.units {
 		u := &r.units[i]
-		if u.Round != round || u.State != UnitDone || (rtype != "" && u.Type != rtype) {
+		if u.Round != round || u.State != UnitDone || (rtype != "" && u.Type != rtype) || u.Param == historyParam {
 			continue
 		}
 		err := r.eachLine(ctx, u, func(_ string, res []byte) error {
@@ -253,6 +253,11 @@ func (r *jobRun) complete(ctx context.Context) error {
 		}
 		files = append(files, fs...)
 	}
+	deleted, err := r.buildDeleted(ctx)
+	if err != nil {
+		return err
+	}
+	files = append(files, deleted...)
 	var failed []*Unit
 	for i := range r.units {
 		if r.units[i].State == UnitFailed {
@@ -292,7 +297,7 @@ func (r *jobRun) complete(ctx context.Context) error {
 		}
 	}
 	final.Resources = resources
-	_, err := r.s.opts.Store.Transition(ctx, r.job.ID, StateRunning, StateCompleted, "completed", func(j *Job) error {
+	_, err = r.s.opts.Store.Transition(ctx, r.job.ID, StateRunning, StateCompleted, "completed", func(j *Job) error {
 		j.Files = files
 		j.Progress = final
 		j.FinishedAt = now

@@ -380,6 +380,12 @@ func copyCaps(c *exporter.Capabilities) *exporter.Capabilities {
 			out.Types[k] = append([]string(nil), v...)
 		}
 	}
+	if c.History != nil {
+		out.History = make(map[string]bool, len(c.History))
+		for k, v := range c.History {
+			out.History[k] = v
+		}
+	}
 	return out
 }
 

@@ -57,6 +57,23 @@ func (c *Client) Search(ctx context.Context, resourceType string, params url.Val
 	return c.follow(ctx, r, resourceType, 1, fn)
 }
 
+// History pages through [type]/_history with the params (such as _since),
+// with the rules of Search for paging and errors; deletions arrive as
+// entries with Method "DELETE".
+func (c *Client) History(ctx context.Context, resourceType string, params url.Values, fn func(*exporter.Page) error) error {
+	if err := checkType(resourceType); err != nil {
+		return err
+	}
+	if fn == nil {
+		return exporter.Errorf(exporter.EINTERNAL, "upstream history without a page function")
+	}
+	r := &request{method: http.MethodGet, url: c.baseStr + "/" + resourceType + "/_history", what: "history " + resourceType}
+	if enc := params.Encode(); enc != "" {
+		r.url += "?" + enc
+	}
+	return c.follow(ctx, r, resourceType, 1, fn)
+}
+
 // SearchNext continues a search of resourceType from a next link that an
 // earlier page returned (a checkpoint), with the same rules as Search. The
 // link must be on the upstream's origin.
@@ -325,6 +342,9 @@ func decodeCapabilities(r io.Reader) (*exporter.Capabilities, error) {
 				SearchParam []struct {
 					Name string `json:"name"`
 				} `json:"searchParam"`
+				Interaction []struct {
+					Code string `json:"code"`
+				} `json:"interaction"`
 			} `json:"resource"`
 		} `json:"rest"`
 	}
@@ -346,6 +366,14 @@ func decodeCapabilities(r io.Reader) (*exporter.Capabilities, error) {
 			}
 			if caps.Types == nil {
 				caps.Types = map[string][]string{}
+			}
+			for _, in := range res.Interaction {
+				if in.Code == "history-type" {
+					if caps.History == nil {
+						caps.History = map[string]bool{}
+					}
+					caps.History[res.Type] = true
+				}
 			}
 			names := caps.Types[res.Type]
 			if names == nil {

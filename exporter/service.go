@@ -333,9 +333,11 @@ func (s *Service) dispatch(ctx context.Context) {
 	tick := time.NewTicker(s.opts.PollInterval)
 	defer tick.Stop()
 	lastSweep := time.Time{}
+	// Expired jobs go within a quarter of the retention, at most a minute.
+	sweepEvery := min(time.Minute, max(s.opts.Retention/4, s.opts.PollInterval))
 	for {
 		s.startQueued(ctx)
-		if now := s.opts.Now(); now.Sub(lastSweep) > time.Minute {
+		if now := s.opts.Now(); now.Sub(lastSweep) >= sweepEvery {
 			s.sweep(ctx, now)
 			lastSweep = now
 		}

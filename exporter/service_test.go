@@ -3,7 +3,9 @@ package exporter_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"syscall"
@@ -143,5 +145,76 @@ func TestDiskFullFailsThatJobOnly(t *testing.T) {
 	}
 	if !errors.Is(&writeError{}, syscall.ENOSPC) {
 		t.Fatal("test double broken")
+	}
+}
+
+// TestExpiredJobsAreRemovedButDownloadsFinish: the janitor removes a job
+// and its files after the retention, while a download that was already
+// reading a file still gets all of it.
+func TestExpiredJobsAreRemovedButDownloadsFinish(t *testing.T) {
+	sim := fhirtest.New(fhirtest.Options{Patients: 10, Seed: 6})
+	srv := httptest.NewServer(sim.Handler())
+	defer srv.Close()
+	up, err := upstream.New(upstream.Options{BaseURL: srv.URL + "/fhir"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	dir, err := blobs.NewDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(t.TempDir(), "jobs.db"), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	svc, err := exporter.New(exporter.Options{
+		Store: st, Blobs: dir, Logger: zerolog.Nop(), PollInterval: 20 * time.Millisecond, Retention: time.Second,
+		UpstreamFor: func(map[string]string) (exporter.Upstream, error) { return up, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop(context.Background())
+	j, err := svc.Submit(context.Background(), exporter.Request{Level: exporter.LevelGroup, GroupID: "all",
+		Types: []string{"Observation"}, ExplicitTypes: true, BaseURL: "http://p/fhir", RequestURL: "http://p/fhir/Group/all/$export"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := waitTerminal(t, svc, j.ID)
+	if done.State != exporter.StateCompleted || len(done.Files) == 0 {
+		t.Fatalf("job: %s %v", done.State, done.Files)
+	}
+	_, f, blob, err := svc.OpenFile(context.Background(), done.Files[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blob.Close()
+	head := make([]byte, 100)
+	if _, err := io.ReadFull(blob, head); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := svc.Get(context.Background(), j.ID); exporter.ErrorKind(err) == exporter.ENOTFOUND {
+			if _, serr := os.Stat(filepath.Join(root, j.ID)); os.IsNotExist(serr) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("expired job not removed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	rest, err := io.ReadAll(blob)
+	if err != nil || int64(len(head)+len(rest)) != f.Size {
+		t.Fatalf("the download in progress lost data: %d of %d bytes, %v", len(head)+len(rest), f.Size, err)
+	}
+	if _, _, _, err := svc.OpenFile(context.Background(), f.ID); exporter.ErrorKind(err) != exporter.ENOTFOUND {
+		t.Fatalf("file of an expired job: %v", err)
 	}
 }

@@ -6,15 +6,22 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/auth"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/blobs"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/config"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
@@ -32,6 +39,14 @@ type App struct {
 	service *exporter.Service
 	server  *http.Server
 	ln      net.Listener
+
+	// upTLS trusts upstream_http.ca_file (nil: system defaults); creds are
+	// the export jobs' upstream credentials (nil: none).
+	upTLS *tls.Config
+	creds upstream.Credentials
+	// tls is set when the proxy serves HTTPS (a.server.TLSConfig must not
+	// be read once serving: net/http configures it).
+	tls bool
 
 	upMu     sync.Mutex
 	upstream map[string]*upstream.Client
@@ -62,6 +77,16 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 	if err != nil {
 		return fail(err)
 	}
+	if a.upTLS, err = upstreamTLS(cfg.UpstreamHTTP.CAFile); err != nil {
+		return fail(err)
+	}
+	if a.creds, err = upstreamCredentials(cfg.UpstreamAuth, a.tokenHTTPClient()); err != nil {
+		return fail(err)
+	}
+	authOpts, err := inboundAuth(cfg, log)
+	if err != nil {
+		return fail(err)
+	}
 	a.service, err = exporter.New(exporter.Options{
 		Store:           st,
 		Blobs:           bl,
@@ -81,32 +106,55 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 	if err != nil {
 		return fail(err)
 	}
+	// The pass-through forwards the caller's own Authorization; only the
+	// CA bundle is shared with export jobs.
+	var ptTransport http.RoundTripper
+	if a.upTLS != nil {
+		tr := proxy.NewUpstreamTransport(cfg.UpstreamHTTP.ResponseHeaderTimeout, cfg.UpstreamHTTP.DialTimeout)
+		tr.TLSClientConfig = a.upTLS.Clone()
+		ptTransport = tr
+	}
 	pt, err := proxy.NewPassThrough(proxy.PassThroughOptions{
 		Upstream: cfg.Upstream,
 		Mount:    mount,
 		PublicBase: func(r *http.Request, vars map[string]string) string {
 			return proxy.PublicBase(cfg.PublicURL, mount, r, vars)
 		},
+		Transport:             ptTransport,
 		ResponseHeaderTimeout: cfg.UpstreamHTTP.ResponseHeaderTimeout,
+		DialTimeout:           cfg.UpstreamHTTP.DialTimeout,
 		Logger:                log,
 	})
 	if err != nil {
 		return fail(err)
 	}
 	handler := proxy.NewHandler(proxy.Options{
-		Service:       a.service,
-		PassThrough:   pt,
-		Mount:         mount,
-		PublicURL:     cfg.PublicURL,
-		RetryAfterMax: cfg.Export.RetryAfter,
-		Logger:        log,
+		Service:             a.service,
+		PassThrough:         pt,
+		Mount:               mount,
+		PublicURL:           cfg.PublicURL,
+		RetryAfterMax:       cfg.Export.RetryAfter,
+		RequiresAccessToken: authOpts != nil,
+		Auth:                authOpts,
+		MaxBodyBytes:        cfg.Limits.MaxBodyBytes,
+		Logger:              log,
 	})
 	a.server = &http.Server{
 		Handler:           handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          nil,
+		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout,
+		IdleTimeout:       cfg.Limits.IdleTimeout,
+		MaxHeaderBytes:    int(min(cfg.Limits.MaxHeaderBytes, 1<<30)),
+		// TLS handshake errors and the like, at debug level: they carry
+		// no request data.
+		ErrorLog: stdlog.New(debugWriter{log}, "", 0),
+	}
+	if cfg.TLSEnabled() {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return fail(fmt.Errorf("tls.cert_file / tls.key_file: %w", err))
+		}
+		a.server.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+		a.tls = true
 	}
 	return a, nil
 }
@@ -120,13 +168,22 @@ func (a *App) upstreamFor(vars map[string]string) (exporter.Upstream, error) {
 	if c, ok := a.upstream[base]; ok {
 		return c, nil
 	}
+	var hc *http.Client
+	if a.upTLS != nil {
+		var err error
+		if hc, err = a.upstreamHTTPClient(base); err != nil {
+			return nil, err
+		}
+	}
 	c, err := upstream.New(upstream.Options{
 		BaseURL:               base,
+		Client:                hc,
 		Limiter:               a.limiter,
 		MaxURLLength:          a.cfg.Export.MaxURLLength,
 		Retries:               a.cfg.UpstreamHTTP.Retries,
 		ResponseHeaderTimeout: a.cfg.UpstreamHTTP.ResponseHeaderTimeout,
 		DialTimeout:           a.cfg.UpstreamHTTP.DialTimeout,
+		Credentials:           a.creds,
 		Logger:                a.log,
 	})
 	if err != nil {
@@ -163,13 +220,22 @@ func (a *App) Start(ctx context.Context) error {
 	}
 	a.serveErr = make(chan error, 1)
 	go func() {
-		err := a.server.Serve(ln)
+		var err error
+		if a.tls {
+			err = a.server.ServeTLS(ln, "", "")
+		} else {
+			err = a.server.Serve(ln)
+		}
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
 		a.serveErr <- err
 	}()
-	a.log.Info().Str("listen", ln.Addr().String()).Str("upstream", a.cfg.Upstream).Msg("fhir-bulk-proxy serving")
+	a.log.Info().Str("listen", ln.Addr().String()).Str("upstream", a.cfg.Upstream).Bool("tls", a.tls).
+		Str("auth", a.cfg.Auth.Mode).Str("upstream_auth", a.cfg.UpstreamAuth.Mode).Msg("fhir-bulk-proxy serving")
+	if a.cfg.Auth.Mode == config.AuthNone {
+		a.log.Warn().Msg("inbound authorization is off (auth.mode none): anyone who can reach the proxy may export and download")
+	}
 	return nil
 }
 
@@ -197,4 +263,180 @@ func (a *App) Shutdown(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// URL returns the proxy's root URL, http or https (after Start).
+func (a *App) URL() string {
+	scheme := "http"
+	if a.tls {
+		scheme = "https"
+	}
+	return scheme + "://" + a.Addr()
+}
+
+// debugWriter sends the http.Server's own log lines to zerolog at debug
+// level.
+type debugWriter struct{ log zerolog.Logger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debug().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// upstreamTLS returns a TLS configuration trusting the system pool plus the
+// PEM certificates of caFile; nil when caFile is empty.
+func upstreamTLS(caFile string) (*tls.Config, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("upstream_http.ca_file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("upstream_http.ca_file %s holds no PEM certificate", caFile)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}, nil
+}
+
+// upstreamTransport is a tuned transport towards the upstream that trusts
+// upstream_http.ca_file.
+func (a *App) upstreamTransport() *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	d := &net.Dialer{Timeout: a.cfg.UpstreamHTTP.DialTimeout, KeepAlive: 30 * time.Second}
+	tr.DialContext = d.DialContext
+	tr.MaxIdleConnsPerHost = max(a.cfg.Export.Concurrency, 2)
+	tr.MaxIdleConns = max(tr.MaxIdleConns, tr.MaxIdleConnsPerHost)
+	tr.ResponseHeaderTimeout = a.cfg.UpstreamHTTP.ResponseHeaderTimeout
+	tr.TLSHandshakeTimeout = a.cfg.UpstreamHTTP.DialTimeout
+	if a.upTLS != nil {
+		tr.TLSClientConfig = a.upTLS.Clone()
+	}
+	return tr
+}
+
+// upstreamHTTPClient is the export jobs' client for one upstream base when
+// a CA file is configured: the tuned transport, no overall timeout (it
+// would cut long bodies), and no redirect off the upstream's origin.
+func (a *App) upstreamHTTPClient(base string) (*http.Client, error) {
+	bu, err := url.Parse(base)
+	if err != nil {
+		return nil, fmt.Errorf("upstream URL: %w", err)
+	}
+	return &http.Client{
+		Transport: a.upstreamTransport(),
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= 10 {
+				return errors.New("stopped after 10 redirects")
+			}
+			if !strings.EqualFold(req.URL.Scheme, bu.Scheme) || !strings.EqualFold(req.URL.Host, bu.Host) {
+				return errors.New("redirect left the upstream's origin")
+			}
+			return nil
+		},
+	}, nil
+}
+
+// tokenHTTPClient sends upstream_auth token requests (nil: the upstream
+// package's default, when no CA file is configured).
+func (a *App) tokenHTTPClient() *http.Client {
+	if a.upTLS == nil {
+		return nil
+	}
+	return &http.Client{Timeout: upstream.DefaultTokenRequestTimeout, Transport: a.upstreamTransport()}
+}
+
+// upstreamCredentials builds the export jobs' credentials from
+// upstream_auth; nil for mode none. Errors never hold secrets.
+func upstreamCredentials(c config.UpstreamAuthConfig, hc *http.Client) (upstream.Credentials, error) {
+	switch c.Mode {
+	case config.UpstreamAuthBearer:
+		return upstream.StaticBearer(string(c.Token)), nil
+	case config.UpstreamAuthClientSecret:
+		creds, err := upstream.NewClientSecret(upstream.ClientSecretOptions{
+			TokenURL:     c.TokenURL,
+			ClientID:     c.ClientID,
+			ClientSecret: string(c.ClientSecret),
+			Scopes:       strings.Fields(c.Scopes),
+			HTTPClient:   hc,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("upstream_auth: %w", err)
+		}
+		return creds, nil
+	case config.UpstreamAuthBackendServices:
+		pem, err := os.ReadFile(c.PrivateKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream_auth.private_key_file: %w", err)
+		}
+		key, err := upstream.LoadPrivateKey(pem)
+		if err != nil {
+			return nil, fmt.Errorf("upstream_auth.private_key_file %s: %w", c.PrivateKeyFile, err)
+		}
+		creds, err := upstream.NewBackendServices(upstream.BackendServicesOptions{
+			TokenURL:   c.TokenURL,
+			ClientID:   c.ClientID,
+			Key:        key,
+			KeyID:      c.KeyID,
+			Alg:        c.Alg,
+			Scope:      c.Scope,
+			HTTPClient: hc,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("upstream_auth: %w", err)
+		}
+		return creds, nil
+	}
+	return nil, nil
+}
+
+// inboundAuth builds the proxy's inbound authorization from auth; nil for
+// mode none.
+func inboundAuth(cfg config.Config, log zerolog.Logger) (*proxy.Auth, error) {
+	c := cfg.Auth
+	switch c.Mode {
+	case config.AuthSMARTExternal:
+		out := &proxy.Auth{TokenURL: c.TokenURL}
+		var err error
+		if c.JWKSURL != "" {
+			out.Authenticator, err = auth.NewJWKSValidator(auth.JWKSOptions{
+				Issuer: c.Issuer, Audience: c.Audience, JWKSURL: c.JWKSURL,
+			})
+		} else {
+			out.Authenticator, err = auth.NewIntrospector(auth.IntrospectionOptions{
+				URL: c.IntrospectionURL, ClientID: c.IntrospectionClientID, ClientSecret: string(c.IntrospectionClientSecret),
+			})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("auth: %w", err)
+		}
+		return out, nil
+	case config.AuthSMARTBuiltin:
+		clients := make([]auth.Client, len(c.Clients))
+		for i, cl := range c.Clients {
+			clients[i] = auth.Client{ID: cl.ID, JWKSURL: cl.JWKSURL, Scopes: cl.Scopes}
+			if cl.JWKS != "" {
+				clients[i].JWKS = json.RawMessage(cl.JWKS)
+			}
+		}
+		o := auth.ServerOptions{
+			Clients:  clients,
+			TokenTTL: c.TokenTTL,
+			Logger:   log.With().Str("component", "auth").Logger(),
+		}
+		// Check the clients now (keys parse, ids unique), not at the
+		// first token request.
+		if _, err := proxy.NewBuiltinServer(o, "https://proxy.invalid/fhir"); err != nil {
+			return nil, fmt.Errorf("auth.clients: %w", err)
+		}
+		if cfg.PublicURL == "" {
+			log.Warn().Msg("auth.mode smart-builtin without public_url: token URLs follow the request's Host header; set public_url")
+		}
+		return &proxy.Auth{Builtin: &o}, nil
+	}
+	return nil, nil
 }

@@ -23,8 +23,8 @@ func (e *env) deletedLines(files []string) []string {
 			var b struct {
 				ResourceType, Type string
 				Entry              []struct {
-					Request struct{ Method, URL string } `json:"request"`
-					Resource json.RawMessage `json:"resource"`
+					Request  struct{ Method, URL string } `json:"request"`
+					Resource json.RawMessage              `json:"resource"`
 				} `json:"entry"`
 			}
 			if err := json.Unmarshal(line, &b); err != nil {

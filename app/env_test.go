@@ -27,9 +27,16 @@ type env struct {
 	app    *App
 	base   string // public FHIR base of the proxy
 	client *bulkclient.Client
+	log    zerolog.Logger // the proxy's logger
 }
 
 func newEnv(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config)) *env {
+	t.Helper()
+	return newEnvLog(t, simOpts, mod, zerolog.Nop())
+}
+
+// newEnvLog is newEnv with the proxy logging to log.
+func newEnvLog(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config), log zerolog.Logger) *env {
 	t.Helper()
 	if simOpts.Patients == 0 {
 		simOpts.Patients = 40
@@ -58,7 +65,7 @@ func newEnv(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config)) *e
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, sim: sim, simSrv: simSrv, cfg: cfg, client: &bulkclient.Client{MaxWait: 200 * time.Millisecond}}
+	e := &env{t: t, sim: sim, simSrv: simSrv, cfg: cfg, client: &bulkclient.Client{MaxWait: 200 * time.Millisecond}, log: log}
 	e.start()
 	return e
 }
@@ -69,7 +76,7 @@ func (e *env) start() {
 	if e.app != nil {
 		e.cfg.Listen = e.app.Addr() // same port: the URLs clients hold stay valid
 	}
-	a, err := New(e.cfg, zerolog.Nop())
+	a, err := New(e.cfg, e.log)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -77,7 +84,7 @@ func (e *env) start() {
 		e.t.Fatal(err)
 	}
 	e.app = a
-	e.base = "http://" + a.Addr() + "/fhir"
+	e.base = a.URL() + "/fhir"
 	e.t.Cleanup(func() { _ = a.Shutdown(context.Background()) })
 }
 

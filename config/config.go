@@ -33,6 +33,15 @@ type Config struct {
 	Export ExportConfig `yaml:"export"`
 	// UpstreamHTTP tunes the connections to the upstream.
 	UpstreamHTTP UpstreamHTTPConfig `yaml:"upstream_http" flag:"upstream"`
+
+	// Auth is inbound authorization of the bulk data routes.
+	Auth AuthConfig `yaml:"auth"`
+	// UpstreamAuth are the credentials export jobs present to the upstream.
+	UpstreamAuth UpstreamAuthConfig `yaml:"upstream_auth"`
+	// TLS serves HTTPS when both files are set.
+	TLS TLSConfig `yaml:"tls"`
+	// Limits bound what clients may send.
+	Limits LimitsConfig `yaml:"limits"`
 }
 
 // LogConfig configures zerolog.
@@ -76,4 +85,8 @@ type UpstreamHTTPConfig struct {
 	DialTimeout time.Duration `yaml:"dial_timeout" usage:"upstream connection set-up timeout"`
 	// Retries is how often a failed page GET is retried. Default 5.
 	Retries int `yaml:"retries" usage:"retries of a failed upstream page GET"`
+	// CAFile is a PEM file of CA certificates trusted (besides the system
+	// pool) for TLS to the upstream, by both the pass-through and export
+	// jobs. Empty: the system pool only.
+	CAFile string `yaml:"ca_file" usage:"PEM file of extra CA certificates trusted for TLS to the upstream"`
 }

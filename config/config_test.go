@@ -36,8 +36,12 @@ func TestDefault(t *testing.T) {
 			MaxFileSize: 256 * 1024 * 1024, Retention: 720 * time.Hour, RetryAfter: 30 * time.Second,
 		},
 		UpstreamHTTP: UpstreamHTTPConfig{ResponseHeaderTimeout: 60 * time.Second, DialTimeout: 10 * time.Second, Retries: 5},
+		Auth:         AuthConfig{Mode: "none", TokenTTL: 300 * time.Second},
+		UpstreamAuth: UpstreamAuthConfig{Mode: "none"},
+		Limits: LimitsConfig{MaxBodyBytes: 1 << 20, MaxHeaderBytes: 64 << 10,
+			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second},
 	}
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Default() = %+v, want %+v", c, want)
 	}
 	err := c.Validate()
@@ -70,6 +74,33 @@ func TestOptionNames(t *testing.T) {
 		"upstream_http.response_header_timeout": {"FBP_UPSTREAM_HTTP_RESPONSE_HEADER_TIMEOUT", "upstream-response-header-timeout"},
 		"upstream_http.dial_timeout":            {"FBP_UPSTREAM_HTTP_DIAL_TIMEOUT", "upstream-dial-timeout"},
 		"upstream_http.retries":                 {"FBP_UPSTREAM_HTTP_RETRIES", "upstream-retries"},
+		"upstream_http.ca_file":                 {"FBP_UPSTREAM_HTTP_CA_FILE", "upstream-ca-file"},
+		"auth.mode":                             {"FBP_AUTH_MODE", "auth-mode"},
+		"auth.issuer":                           {"FBP_AUTH_ISSUER", "auth-issuer"},
+		"auth.audience":                         {"FBP_AUTH_AUDIENCE", "auth-audience"},
+		"auth.jwks_url":                         {"FBP_AUTH_JWKS_URL", "auth-jwks-url"},
+		"auth.introspection_url":                {"FBP_AUTH_INTROSPECTION_URL", "auth-introspection-url"},
+		"auth.introspection_client_id":          {"FBP_AUTH_INTROSPECTION_CLIENT_ID", "auth-introspection-client-id"},
+		"auth.introspection_client_secret":      {"FBP_AUTH_INTROSPECTION_CLIENT_SECRET", "auth-introspection-client-secret"},
+		"auth.token_url":                        {"FBP_AUTH_TOKEN_URL", "auth-token-url"},
+		"auth.clients":                          {"FBP_AUTH_CLIENTS", "auth-clients"},
+		"auth.token_ttl":                        {"FBP_AUTH_TOKEN_TTL", "auth-token-ttl"},
+		"upstream_auth.mode":                    {"FBP_UPSTREAM_AUTH_MODE", "upstream-auth-mode"},
+		"upstream_auth.token":                   {"FBP_UPSTREAM_AUTH_TOKEN", "upstream-auth-token"},
+		"upstream_auth.token_url":               {"FBP_UPSTREAM_AUTH_TOKEN_URL", "upstream-auth-token-url"},
+		"upstream_auth.client_id":               {"FBP_UPSTREAM_AUTH_CLIENT_ID", "upstream-auth-client-id"},
+		"upstream_auth.client_secret":           {"FBP_UPSTREAM_AUTH_CLIENT_SECRET", "upstream-auth-client-secret"},
+		"upstream_auth.scopes":                  {"FBP_UPSTREAM_AUTH_SCOPES", "upstream-auth-scopes"},
+		"upstream_auth.private_key_file":        {"FBP_UPSTREAM_AUTH_PRIVATE_KEY_FILE", "upstream-auth-private-key-file"},
+		"upstream_auth.key_id":                  {"FBP_UPSTREAM_AUTH_KEY_ID", "upstream-auth-key-id"},
+		"upstream_auth.alg":                     {"FBP_UPSTREAM_AUTH_ALG", "upstream-auth-alg"},
+		"upstream_auth.scope":                   {"FBP_UPSTREAM_AUTH_SCOPE", "upstream-auth-scope"},
+		"tls.cert_file":                         {"FBP_TLS_CERT_FILE", "tls-cert-file"},
+		"tls.key_file":                          {"FBP_TLS_KEY_FILE", "tls-key-file"},
+		"limits.max_body_bytes":                 {"FBP_LIMITS_MAX_BODY_BYTES", "limits-max-body-bytes"},
+		"limits.max_header_bytes":               {"FBP_LIMITS_MAX_HEADER_BYTES", "limits-max-header-bytes"},
+		"limits.read_header_timeout":            {"FBP_LIMITS_READ_HEADER_TIMEOUT", "limits-read-header-timeout"},
+		"limits.idle_timeout":                   {"FBP_LIMITS_IDLE_TIMEOUT", "limits-idle-timeout"},
 	}
 	got := map[string][2]string{}
 	for _, o := range Options() {
@@ -112,7 +143,7 @@ upstream_http:
 	want.Export.Retention = 7 * 24 * time.Hour
 	want.UpstreamHTTP.DialTimeout = 3 * time.Second
 	want.UpstreamHTTP.Retries = 0
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Load = %+v\nwant   %+v", c, want)
 	}
 }
@@ -125,7 +156,7 @@ func TestLoadEmptyFile(t *testing.T) {
 	}
 	want := Default()
 	want.Upstream = testUpstream
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Load = %+v, want %+v", c, want)
 	}
 }
@@ -465,7 +496,7 @@ func TestExampleFile(t *testing.T) {
 	}
 	want := Default()
 	want.Upstream = testUpstream
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("example = %+v\nwant    %+v", c, want)
 	}
 

@@ -22,7 +22,10 @@ type option struct {
 	typ   reflect.Type
 }
 
-var durationType = reflect.TypeFor[time.Duration]()
+var (
+	durationType = reflect.TypeFor[time.Duration]()
+	clientsType  = reflect.TypeFor[[]AuthClient]()
+)
 
 // options lists every leaf of Config in declaration order.
 var options = sync.OnceValue(func() []option {
@@ -87,6 +90,12 @@ func (o option) set(c *Config, s string) error {
 			return fmt.Errorf("invalid integer %q", s)
 		}
 		v.SetInt(n)
+	case o.typ == clientsType:
+		cs, err := parseClients(s)
+		if err != nil {
+			return err
+		}
+		v.Set(reflect.ValueOf(cs))
 	case o.typ.Kind() == reflect.String:
 		v.SetString(s)
 	default:
@@ -105,6 +114,8 @@ func (o option) format(c *Config) string {
 		return FormatByteSize(v.Int())
 	case o.typ.Kind() == reflect.Int:
 		return strconv.FormatInt(v.Int(), 10)
+	case o.typ == clientsType:
+		return formatClients(v.Interface().([]AuthClient))
 	default:
 		return v.String()
 	}
@@ -119,6 +130,10 @@ func (o option) placeholder() string {
 		return "SIZE"
 	case o.typ.Kind() == reflect.Int:
 		return "N"
+	case o.typ == clientsType:
+		return "LIST"
+	case strings.HasSuffix(o.Key, "_file"):
+		return "FILE"
 	case strings.Contains(o.Key, "url") || o.Key == "upstream":
 		return "URL"
 	case strings.HasSuffix(o.Key, "dir") || strings.HasSuffix(o.Key, "path"):

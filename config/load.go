@@ -42,6 +42,14 @@ func Default() Config {
 			DialTimeout:           10 * time.Second,
 			Retries:               5,
 		},
+		Auth:         AuthConfig{Mode: AuthNone, TokenTTL: MaxTokenTTL},
+		UpstreamAuth: UpstreamAuthConfig{Mode: UpstreamAuthNone},
+		Limits: LimitsConfig{
+			MaxBodyBytes:      1 << 20,
+			MaxHeaderBytes:    64 << 10,
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       120 * time.Second,
+		},
 	}
 }
 
@@ -151,6 +159,15 @@ func (c *Config) decodeMapping(n *yaml.Node, prefix string) []error {
 			continue
 		}
 		seen[key] = true
+		if o, ok := optionByKey(key); ok && o.typ == clientsType {
+			cs, err := decodeClients(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", key, err))
+				continue
+			}
+			o.field(c).Set(reflect.ValueOf(cs))
+			continue
+		}
 		if o, ok := optionByKey(key); ok {
 			if v.Kind != yaml.ScalarNode {
 				errs = append(errs, fmt.Errorf("line %d: %s must be a single value", v.Line, key))
@@ -328,6 +345,10 @@ func init() {
 	for _, o := range options() {
 		switch o.typ.Kind() {
 		case reflect.String, reflect.Int, reflect.Int64:
+		case reflect.Slice:
+			if o.typ != clientsType {
+				panic("config: unsupported type of " + o.Key + ": " + o.typ.String())
+			}
 		default:
 			panic("config: unsupported type of " + o.Key + ": " + o.typ.String())
 		}

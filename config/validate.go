@@ -23,7 +23,8 @@ var (
 
 // Validate checks c and normalizes it: trailing slashes are trimmed from
 // upstream, public_url and base_path; an empty base_path becomes the path of
-// public_url; log level and format are lower-cased. All problems are
+// public_url; log level and format are lower-cased; empty auth and
+// upstream_auth modes become "none". All problems are
 // returned joined, each naming its key, e.g. "export.batch_size must be > 0".
 func (c *Config) Validate() error {
 	var errs []error
@@ -94,6 +95,7 @@ func (c *Config) Validate() error {
 	if c.UpstreamHTTP.Retries < 0 {
 		add("upstream_http.retries must be >= 0")
 	}
+	errs = append(errs, c.validateSecurity()...)
 	return errors.Join(errs...)
 }
 

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"net/http"
+	"strings"
 
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/auth"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 )
 
@@ -11,14 +13,55 @@ import (
 // the client named no types, narrows) req.Types against the caller's
 // scopes. With inbound authorization off every caller may export every type
 // and jobs belong to nobody in particular.
+//
+// Scopes are SMART system scopes (auth.Scopes.CanRead): system/*.read,
+// system/*.rs, system/Type.read, system/Type.rs and wider. A type named in
+// _type that the scopes do not cover is a 403 naming it; without _type the
+// default types are narrowed to the permitted ones, and a 403 follows when
+// none is left.
 func (h *handlers) authorizeKickoff(r *http.Request, req *exporter.Request) error {
+	if !h.sec.on {
+		return nil
+	}
+	id, ok := auth.FromContext(r.Context())
+	if !ok || id.ClientID == "" {
+		return exporter.Errorf(exporter.EFORBIDDEN, "the access token does not identify a client")
+	}
+	req.ClientID = id.ClientID
+	if req.ExplicitTypes {
+		var denied []string
+		for _, t := range req.Types {
+			if !id.Scopes.CanRead(t) {
+				denied = append(denied, t)
+			}
+		}
+		if len(denied) > 0 {
+			e := exporter.Errorf(exporter.EFORBIDDEN,
+				"the access token's scopes do not permit exporting %s (a system/%s.read or system/%s.rs scope is needed)",
+				strings.Join(denied, ", "), denied[0], denied[0])
+			e.Param = "_type"
+			return e
+		}
+		return nil
+	}
+	allowed := id.Scopes.Filter(req.Types)
+	if len(allowed) == 0 {
+		return exporter.Errorf(exporter.EFORBIDDEN,
+			"the access token's scopes permit none of the resource types of this export (granted: %q)", id.Scopes.String())
+	}
+	req.Types = allowed
 	return nil
 }
 
 // owns reports whether the caller may see a job (status, delete, files):
 // only the client that started it, once inbound authorization is on. A job
 // the caller may not see answers 404, never 403, so that job ids leak
-// nothing.
+// nothing. With authorization off, only jobs started while it was off (no
+// client) are visible.
 func (h *handlers) owns(r *http.Request, j *exporter.Job) bool {
-	return j.Request.ClientID == ""
+	if !h.sec.on {
+		return j.Request.ClientID == ""
+	}
+	id, ok := auth.FromContext(r.Context())
+	return ok && id.ClientID != "" && j.Request.ClientID == id.ClientID
 }

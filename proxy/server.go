@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/auth"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 	"github.com/gin-gonic/gin"
 	"github.com/rs/zerolog"
@@ -25,9 +26,16 @@ type Options struct {
 	PublicURL string
 	// RetryAfterMax caps the Retry-After of status responses (default 30s).
 	RetryAfterMax time.Duration
-	// RequiresAccessToken is reported in manifests.
+	// RequiresAccessToken is reported in manifests; it is true whenever
+	// Auth is set.
 	RequiresAccessToken bool
-	Logger              zerolog.Logger
+	// Auth turns on inbound authorization of the bulk data routes; nil:
+	// off (anyone may export).
+	Auth *Auth
+	// MaxBodyBytes bounds kick-off and token request bodies (413 beyond).
+	// Default DefaultMaxBodyBytes. Pass-through bodies are not limited.
+	MaxBodyBytes int64
+	Logger       zerolog.Logger
 }
 
 type handlers struct {
@@ -36,6 +44,8 @@ type handlers struct {
 	publicURL           string
 	retryAfterMax       time.Duration
 	requiresAccessToken bool
+	sec                 *security
+	maxBody             int64
 	log                 zerolog.Logger
 }
 
@@ -44,7 +54,11 @@ type handlers struct {
 func NewHandler(o Options) http.Handler {
 	h := &handlers{
 		svc: o.Service, mount: o.Mount, publicURL: strings.TrimRight(o.PublicURL, "/"),
-		retryAfterMax: o.RetryAfterMax, requiresAccessToken: o.RequiresAccessToken, log: o.Logger,
+		retryAfterMax: o.RetryAfterMax, requiresAccessToken: o.RequiresAccessToken || o.Auth != nil,
+		sec: newSecurity(o.Auth), maxBody: o.MaxBodyBytes, log: o.Logger,
+	}
+	if h.maxBody <= 0 {
+		h.maxBody = DefaultMaxBodyBytes
 	}
 	// gin's debug mode prints every route at start; the proxy logs with
 	// zerolog instead. The mode is gin's process-wide setting.
@@ -58,15 +72,36 @@ func NewHandler(o Options) http.Handler {
 	e.Use(h.recover, h.accessLog)
 
 	base := o.Mount.GinPattern()
-	e.Any(base+"/Group/:id/$export", h.kickoff(exporter.LevelGroup))
-	e.Any(base+"/Patient/$export", h.kickoff(exporter.LevelPatient))
-	e.Any(base+"/$export", h.kickoff(exporter.LevelSystem))
-	e.GET(base+"/bulk-export/jobs/:job", h.status)
-	e.DELETE(base+"/bulk-export/jobs/:job", h.deleteJob)
-	e.GET(base+"/bulk-export/files/:file", h.file)
-	e.HEAD(base+"/bulk-export/files/:file", h.file)
-	e.GET(base+"/metadata", gin.WrapF(o.PassThrough.ServeMetadata))
-	e.HEAD(base+"/metadata", gin.WrapF(o.PassThrough.ServeMetadata))
+	// guarded prepends the token check to the bulk data routes when inbound
+	// authorization is on.
+	guarded := func(hs ...gin.HandlerFunc) []gin.HandlerFunc {
+		if h.sec.on {
+			return append([]gin.HandlerFunc{h.requireToken}, hs...)
+		}
+		return hs
+	}
+	e.Any(base+"/Group/:id/$export", guarded(h.limitBody, h.kickoff(exporter.LevelGroup))...)
+	e.Any(base+"/Patient/$export", guarded(h.limitBody, h.kickoff(exporter.LevelPatient))...)
+	e.Any(base+"/$export", guarded(h.limitBody, h.kickoff(exporter.LevelSystem))...)
+	e.GET(base+"/bulk-export/jobs/:job", guarded(h.status)...)
+	e.DELETE(base+"/bulk-export/jobs/:job", guarded(h.deleteJob)...)
+	e.GET(base+"/bulk-export/files/:file", guarded(h.file)...)
+	e.HEAD(base+"/bulk-export/files/:file", guarded(h.file)...)
+	e.GET(base+"/metadata", h.metadata(o.PassThrough))
+	e.HEAD(base+"/metadata", h.metadata(o.PassThrough))
+	if h.sec.on {
+		e.GET(base+SmartConfigurationPath, h.smartConfiguration(false))
+		e.HEAD(base+SmartConfigurationPath, h.smartConfiguration(false))
+		if base != "" && len(o.Mount.Vars()) == 0 {
+			e.GET(SmartConfigurationPath, h.smartConfiguration(true))
+			e.HEAD(SmartConfigurationPath, h.smartConfiguration(true))
+		}
+		if h.sec.builtin != nil {
+			e.Any(base+TokenPath, h.token)
+			e.GET(base+JWKSPath, h.jwks)
+			e.HEAD(base+JWKSPath, h.jwks)
+		}
+	}
 	e.NoRoute(gin.WrapH(o.PassThrough))
 	return e
 }
@@ -115,16 +150,21 @@ func (h *handlers) recover(c *gin.Context) {
 	c.Next()
 }
 
-// accessLog writes one line per request. Query strings are logged; headers
-// (which may carry tokens) are not.
+// accessLog writes one line per request: method, path, status, size,
+// duration and, once authenticated, the client id. Headers (which carry
+// bearer tokens), query strings (which may carry access_token) and bodies
+// (token requests carry client assertions) are never logged.
 func (h *handlers) accessLog(c *gin.Context) {
 	start := time.Now()
 	c.Next()
-	h.log.Info().
+	ev := h.log.Info().
 		Str("method", c.Request.Method).
 		Str("path", c.Request.URL.Path).
 		Int("status", c.Writer.Status()).
 		Int("bytes", c.Writer.Size()).
-		Dur("took", time.Since(start)).
-		Msg("request")
+		Dur("took", time.Since(start))
+	if id, ok := auth.FromContext(c.Request.Context()); ok {
+		ev = ev.Str("client_id", id.ClientID)
+	}
+	ev.Msg("request")
 }

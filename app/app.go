@@ -98,6 +98,10 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		MaxJobs:         cfg.Export.MaxJobs,
 		MaxFileSize:     cfg.Export.MaxFileSize,
 		Retention:       cfg.Export.Retention,
+
+		MaxActivePerClient: unbounded(cfg.Export.MaxActivePerClient),
+		MaxActive:          unbounded(cfg.Export.MaxActive),
+		MaxPatients:        cfg.Export.MaxPatients,
 	})
 	if err != nil {
 		return fail(err)
@@ -134,6 +138,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		Mount:               mount,
 		PublicURL:           cfg.PublicURL,
 		RetryAfterMax:       cfg.Export.RetryAfter,
+		PollThrottle:        cfg.Export.PollThrottle,
 		RequiresAccessToken: authOpts != nil,
 		Auth:                authOpts,
 		MaxBodyBytes:        cfg.Limits.MaxBodyBytes,
@@ -439,4 +444,12 @@ func inboundAuth(cfg config.Config, log zerolog.Logger) (*proxy.Auth, error) {
 		return &proxy.Auth{Builtin: &o}, nil
 	}
 	return nil, nil
+}
+
+// unbounded maps the config's "0: no bound" to the exporter's negative.
+func unbounded(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/bulkclient"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/config"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
 )
@@ -215,5 +216,74 @@ func TestKickoffLimitsAndAccept(t *testing.T) {
 	resp, _ = e.do("GET", "/Group/small/$export", nil, "")
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("kick-off after the first finished: %d", resp.StatusCode)
+	}
+}
+
+func TestStatusPolledTooFast(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{Latency: 40 * time.Millisecond}, func(c *config.Config) {
+		c.Export.PollThrottle = true
+		c.Export.Concurrency = 1
+	})
+	resp, _ := e.do("GET", "/Group/all/$export", nil, "")
+	status := resp.Header.Get("Content-Location")
+	first, _ := e.do("GET", status, nil, "")
+	if first.StatusCode != http.StatusAccepted {
+		t.Fatalf("first poll: %d", first.StatusCode)
+	}
+	second, b := e.do("GET", status, nil, "")
+	if second.StatusCode != http.StatusTooManyRequests || second.Header.Get("Retry-After") == "" || outcomeCode(t, second, b) != "throttled" {
+		t.Fatalf("immediate second poll: %d %s", second.StatusCode, b)
+	}
+	// A client that waits as told gets its manifest.
+	e.client.MaxWait = time.Minute
+	if _, err := e.client.Wait(context.Background(), status); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCapabilityStatementAndOperationDefinitions(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{}, nil)
+	_, b := e.do("GET", "/metadata", nil, "")
+	var cs struct {
+		Rest []struct {
+			Operation []struct{ Name, Definition string } `json:"operation"`
+			Resource  []struct {
+				Type      string
+				Operation []struct{ Name, Definition string } `json:"operation"`
+			} `json:"resource"`
+		} `json:"rest"`
+	}
+	if err := json.Unmarshal(b, &cs); err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]bool{}
+	for _, op := range cs.Rest[0].Operation {
+		found["system "+op.Definition] = op.Name == "export"
+	}
+	for _, r := range cs.Rest[0].Resource {
+		for _, op := range r.Operation {
+			found[r.Type+" "+op.Definition] = op.Name == "export"
+		}
+	}
+	for _, want := range []string{
+		"system http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+		"Patient http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+		"Group http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+	} {
+		if !found[want] {
+			t.Errorf("CapabilityStatement lacks %s", want)
+		}
+	}
+	for _, id := range []string{"export", "patient-export", "group-export"} {
+		resp, b := e.do("GET", "/OperationDefinition/"+id, nil, "")
+		var od struct{ ResourceType, URL, Code string }
+		if resp.StatusCode != 200 || json.Unmarshal(b, &od) != nil || od.ResourceType != "OperationDefinition" ||
+			od.Code != "export" || !strings.HasSuffix(od.URL, "/"+id) {
+			t.Errorf("OperationDefinition/%s: %d %s", id, resp.StatusCode, b)
+		}
+	}
+	// Other OperationDefinitions are the upstream's business.
+	if resp, _ := e.do("GET", "/OperationDefinition/something-else", nil, ""); resp.StatusCode == 200 {
+		t.Error("unknown OperationDefinition answered 200")
 	}
 }

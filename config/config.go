@@ -74,6 +74,17 @@ type ExportConfig struct {
 	Retention time.Duration `yaml:"retention" usage:"how long finished jobs and their files are kept: 720h, 30d"`
 	// RetryAfter is the longest Retry-After sent to status polls. Default 30s.
 	RetryAfter time.Duration `yaml:"retry_after" usage:"longest Retry-After sent to status polls"`
+	// MaxActivePerClient bounds the queued and running exports of one
+	// client; more kick-offs get 429. 0: no bound. Default 1.
+	MaxActivePerClient int `yaml:"max_active_per_client" usage:"exports in progress per client before kick-offs get 429; 0: no bound"`
+	// MaxActive bounds the queued and running exports in all. 0: no bound.
+	// Default 10.
+	MaxActive int `yaml:"max_active" usage:"exports in progress in all before kick-offs get 429; 0: no bound"`
+	// MaxPatients refuses (413) exports of more patients. 0: no bound.
+	MaxPatients int `yaml:"max_patients" usage:"most patients one export may cover (413 beyond); 0: no bound"`
+	// PollThrottle answers 429 to status polls that come well before the
+	// Retry-After they were given. Default true.
+	PollThrottle bool `yaml:"poll_throttle" usage:"answer 429 to status polls that ignore Retry-After"`
 }
 
 // UpstreamHTTPConfig tunes the HTTP client used towards the upstream.

@@ -34,6 +34,7 @@ func TestDefault(t *testing.T) {
 		Export: ExportConfig{
 			BatchSize: 200, PageSize: 1000, MaxURLLength: 2000, Concurrency: 4, MaxJobs: 2,
 			MaxFileSize: 256 * 1024 * 1024, Retention: 720 * time.Hour, RetryAfter: 30 * time.Second,
+			MaxActivePerClient: 1, MaxActive: 10, PollThrottle: true,
 		},
 		UpstreamHTTP: UpstreamHTTPConfig{ResponseHeaderTimeout: 60 * time.Second, DialTimeout: 10 * time.Second, Retries: 5},
 		Auth:         AuthConfig{Mode: "none", TokenTTL: 300 * time.Second},
@@ -71,6 +72,10 @@ func TestOptionNames(t *testing.T) {
 		"export.max_file_size":                  {"FBP_EXPORT_MAX_FILE_SIZE", "export-max-file-size"},
 		"export.retention":                      {"FBP_EXPORT_RETENTION", "export-retention"},
 		"export.retry_after":                    {"FBP_EXPORT_RETRY_AFTER", "export-retry-after"},
+		"export.max_active_per_client":          {"FBP_EXPORT_MAX_ACTIVE_PER_CLIENT", "export-max-active-per-client"},
+		"export.max_active":                     {"FBP_EXPORT_MAX_ACTIVE", "export-max-active"},
+		"export.max_patients":                   {"FBP_EXPORT_MAX_PATIENTS", "export-max-patients"},
+		"export.poll_throttle":                  {"FBP_EXPORT_POLL_THROTTLE", "export-poll-throttle"},
 		"upstream_http.response_header_timeout": {"FBP_UPSTREAM_HTTP_RESPONSE_HEADER_TIMEOUT", "upstream-response-header-timeout"},
 		"upstream_http.dial_timeout":            {"FBP_UPSTREAM_HTTP_DIAL_TIMEOUT", "upstream-dial-timeout"},
 		"upstream_http.retries":                 {"FBP_UPSTREAM_HTTP_RETRIES", "upstream-retries"},
@@ -529,5 +534,22 @@ func TestExampleFile(t *testing.T) {
 	sort.Strings(wantKeys)
 	if !reflect.DeepEqual(keys, wantKeys) {
 		t.Fatalf("example keys = %v\nwant %v", keys, wantKeys)
+	}
+}
+
+func TestBoolOption(t *testing.T) {
+	cfg, err := Load("", []string{"FBP_UPSTREAM=http://up/fhir", "FBP_EXPORT_POLL_THROTTLE=false"}, nil)
+	if err != nil || cfg.Export.PollThrottle {
+		t.Fatalf("env false: %v %v", cfg.Export.PollThrottle, err)
+	}
+	cfg, err = Load("", []string{"FBP_UPSTREAM=http://up/fhir", "FBP_EXPORT_POLL_THROTTLE=false"}, []string{"--export-poll-throttle", "true"})
+	if err != nil || !cfg.Export.PollThrottle {
+		t.Fatalf("flag true: %v %v", cfg.Export.PollThrottle, err)
+	}
+	if _, err := Load("", []string{"FBP_UPSTREAM=http://up/fhir", "FBP_EXPORT_POLL_THROTTLE=maybe"}, nil); err == nil {
+		t.Fatal("maybe accepted as a boolean")
+	}
+	if _, err := Load("", []string{"FBP_UPSTREAM=http://up/fhir", "FBP_EXPORT_MAX_ACTIVE=-1"}, nil); err == nil {
+		t.Fatal("negative max_active accepted")
 	}
 }

@@ -96,6 +96,12 @@ func (o option) set(c *Config, s string) error {
 			return err
 		}
 		v.Set(reflect.ValueOf(cs))
+	case o.typ.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(strings.TrimSpace(s))
+		if err != nil {
+			return fmt.Errorf("invalid boolean %q (use true or false)", s)
+		}
+		v.SetBool(b)
 	case o.typ.Kind() == reflect.String:
 		v.SetString(s)
 	default:
@@ -116,6 +122,8 @@ func (o option) format(c *Config) string {
 		return strconv.FormatInt(v.Int(), 10)
 	case o.typ == clientsType:
 		return formatClients(v.Interface().([]AuthClient))
+	case o.typ.Kind() == reflect.Bool:
+		return strconv.FormatBool(v.Bool())
 	default:
 		return v.String()
 	}
@@ -132,6 +140,8 @@ func (o option) placeholder() string {
 		return "N"
 	case o.typ == clientsType:
 		return "LIST"
+	case o.typ.Kind() == reflect.Bool:
+		return "BOOL"
 	case strings.HasSuffix(o.Key, "_file"):
 		return "FILE"
 	case strings.Contains(o.Key, "url") || o.Key == "upstream":

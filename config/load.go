@@ -36,6 +36,10 @@ func Default() Config {
 			MaxFileSize:  256 << 20,
 			Retention:    30 * 24 * time.Hour,
 			RetryAfter:   30 * time.Second,
+
+			MaxActivePerClient: 1,
+			MaxActive:          10,
+			PollThrottle:       true,
 		},
 		UpstreamHTTP: UpstreamHTTPConfig{
 			ResponseHeaderTimeout: 60 * time.Second,
@@ -344,7 +348,7 @@ func Options() []Option {
 func init() {
 	for _, o := range options() {
 		switch o.typ.Kind() {
-		case reflect.String, reflect.Int, reflect.Int64:
+		case reflect.String, reflect.Int, reflect.Int64, reflect.Bool:
 		case reflect.Slice:
 			if o.typ != clientsType {
 				panic("config: unsupported type of " + o.Key + ": " + o.typ.String())

@@ -92,6 +92,14 @@ func (c *Config) Validate() error {
 			add("%s must be > 0", p.key)
 		}
 	}
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{"export.max_active_per_client", c.Export.MaxActivePerClient}, {"export.max_active", c.Export.MaxActive}, {"export.max_patients", c.Export.MaxPatients}} {
+		if n.v < 0 {
+			add("%s must be >= 0", n.key)
+		}
+	}
 	if c.UpstreamHTTP.Retries < 0 {
 		add("upstream_http.retries must be >= 0")
 	}

@@ -129,8 +129,18 @@ func (h *handlers) status(c *gin.Context) {
 		return
 	}
 	w := c.Writer
+	now := time.Now()
 	switch job.State {
 	case exporter.StateQueued, exporter.StateRunning:
+		if h.polls != nil {
+			if early := h.polls.early(job.ID, now); early > 0 {
+				w.Header().Set("Retry-After", strconv.Itoa(int((early+time.Second-1)/time.Second)))
+				WriteOutcome(w, http.StatusTooManyRequests, fhir.IssueTypeThrottled,
+					"status polled before the Retry-After of the previous answer; wait and poll again")
+				return
+			}
+			defer h.polls.told(job.ID, now, time.Duration(h.retryAfter(job))*time.Second)
+		}
 		p := job.Progress
 		progress := fmt.Sprintf("%d%% (%d of %d units, %d resources)", p.Percent(), p.UnitsDone, p.UnitsTotal, p.Resources)
 		if job.State == exporter.StateQueued {
@@ -141,6 +151,9 @@ func (h *handlers) status(c *gin.Context) {
 		w.Header().Set("Cache-Control", "no-store")
 		w.WriteHeader(http.StatusAccepted)
 	case exporter.StateCompleted:
+		if h.polls != nil {
+			h.polls.forget(job.ID)
+		}
 		body, err := json.Marshal(exporter.BuildManifest(job, h.requiresAccessToken))
 		if err != nil {
 			WriteError(w, err)

@@ -32,6 +32,9 @@ type Options struct {
 	// Auth turns on inbound authorization of the bulk data routes; nil:
 	// off (anyone may export).
 	Auth *Auth
+	// PollThrottle answers 429 to status polls that come well before the
+	// Retry-After the previous poll was given.
+	PollThrottle bool
 	// MaxBodyBytes bounds kick-off and token request bodies (413 beyond).
 	// Default DefaultMaxBodyBytes. Pass-through bodies are not limited.
 	MaxBodyBytes int64
@@ -46,6 +49,7 @@ type handlers struct {
 	requiresAccessToken bool
 	sec                 *security
 	maxBody             int64
+	polls               *pollTracker // nil: no poll throttling
 	log                 zerolog.Logger
 }
 
@@ -59,6 +63,9 @@ func NewHandler(o Options) http.Handler {
 	}
 	if h.maxBody <= 0 {
 		h.maxBody = DefaultMaxBodyBytes
+	}
+	if o.PollThrottle {
+		h.polls = newPollTracker()
 	}
 	// gin's debug mode prints every route at start; the proxy logs with
 	// zerolog instead. The mode is gin's process-wide setting.
@@ -102,6 +109,7 @@ func NewHandler(o Options) http.Handler {
 			e.HEAD(base+JWKSPath, h.jwks)
 		}
 	}
+	e.GET(base+"/OperationDefinition/:id", h.serveOperationDefinition(o.PassThrough))
 	e.NoRoute(gin.WrapH(o.PassThrough))
 	return e
 }

@@ -70,6 +70,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg.Upstream = simBase
 	cfg.BasePath = "/fhir"
 	cfg.DataDir = dir
+	cfg.Export.PollThrottle = false
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

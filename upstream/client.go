@@ -95,6 +95,10 @@ type Options struct {
 	// answer invalidates them and the request is sent once more. See
 	// Credentials, StaticBearer, NewClientSecret and NewBackendServices.
 	Credentials Credentials
+	// Adaptive, when not nil, bounds the requests in flight instead of
+	// Limiter and Concurrency: an AIMD limit that follows the upstream's
+	// answers (see Adaptive). It may be shared by several Clients.
+	Adaptive *Adaptive
 }
 
 // Stats are counters of a Client since New, for logs and benchmarks.
@@ -114,6 +118,7 @@ type Client struct {
 	baseStr  string
 	hc       *http.Client
 	sem      chan struct{}
+	adaptive *Adaptive // nil: sem bounds the requests
 	header   http.Header
 	secrets  []string // header values to scrub from error excerpts
 	log      zerolog.Logger
@@ -173,7 +178,10 @@ func New(o Options) (*Client, error) {
 		c.boMax = c.boBase
 	}
 
-	if o.Limiter != nil {
+	c.adaptive = o.Adaptive
+	if o.Adaptive != nil {
+		c.sem = make(chan struct{}, o.Adaptive.Max())
+	} else if o.Limiter != nil {
 		if cap(o.Limiter) == 0 {
 			return nil, errors.New("upstream: Options.Limiter must have a non-zero capacity")
 		}

@@ -71,16 +71,25 @@ type failure struct {
 }
 
 // attempt sends r once, holding a concurrency slot until the body is read.
-func (c *Client) attempt(ctx context.Context, r *request, decode func(*bodyReader) error) failure {
+func (c *Client) attempt(ctx context.Context, r *request, decode func(*bodyReader) error) (f failure) {
 	if ctx.Err() != nil {
 		return failure{ctxErr(ctx, r.what), false, -1}
 	}
-	select {
-	case c.sem <- struct{}{}:
-	case <-ctx.Done():
-		return failure{ctxErr(ctx, r.what), false, -1}
+	var status int
+	var latency time.Duration
+	if c.adaptive != nil {
+		if c.adaptive.Acquire(ctx) != nil {
+			return failure{ctxErr(ctx, r.what), false, -1}
+		}
+		defer func() { c.adaptive.Release(outcomeOf(f, status, latency)) }()
+	} else {
+		select {
+		case c.sem <- struct{}{}:
+		case <-ctx.Done():
+			return failure{ctxErr(ctx, r.what), false, -1}
+		}
+		defer func() { <-c.sem }()
 	}
-	defer func() { <-c.sem }()
 
 	rctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -109,6 +118,7 @@ func (c *Client) attempt(ctx context.Context, r *request, decode func(*bodyReade
 		hdrTimer = time.AfterFunc(c.hdrTO, func() { cancel(errHeaderTimeout) })
 	}
 	c.requests.Add(1)
+	start := time.Now()
 	resp, err := c.hc.Do(req)
 	if hdrTimer != nil {
 		hdrTimer.Stop()
@@ -116,6 +126,7 @@ func (c *Client) attempt(ctx context.Context, r *request, decode func(*bodyReade
 	if err != nil {
 		return c.transportErr(ctx, rctx, r, err)
 	}
+	status, latency = resp.StatusCode, time.Since(start)
 	defer resp.Body.Close()
 
 	br := &bodyReader{rc: resp.Body, idle: c.idleTO}

@@ -4,6 +4,7 @@
 //	fhir-bulk-proxy serve --upstream URL [flags]   run the proxy
 //	fhir-bulk-proxy sim [flags]                    run the synthetic upstream
 //	fhir-bulk-proxy demo [--exit]                  sim + proxy + one verified export
+//	fhir-bulk-proxy bench [--quick]                benchmarks (BENCHMARKS.md)
 //	fhir-bulk-proxy version
 package main
 
@@ -34,6 +35,7 @@ Usage:
   fhir-bulk-proxy serve [--config FILE] [--upstream URL] [flags]   run the proxy (serve --help lists every flag)
   fhir-bulk-proxy sim [--listen ADDR] [--patients N] [--seed S]   run the synthetic FHIR upstream
   fhir-bulk-proxy demo [--exit]                                    start sim and proxy, run one verified Group export
+  fhir-bulk-proxy bench [--quick] [--json]                         measure the proxy against the upstream's limit (BENCHMARKS.md)
   fhir-bulk-proxy version
 `
 
@@ -57,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = sim(ctx, args[1:], stdout, stderr)
 	case "demo":
 		err = demo(ctx, args[1:], stdout, stderr)
+	case "bench":
+		err = benchCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return 0

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/bench"
+)
+
+// benchCmd runs the performance harness (package bench) and prints its
+// report as a table, or as JSON with --json.
+func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o bench.Options
+	fs.IntVar(&o.Patients, "patients", 0, "patients in the export workload (default 1000; --quick 100)")
+	fs.DurationVar(&o.Latency, "latency", 0, "synthetic upstream latency per request in the export workload (default 20ms)")
+	fs.IntVar(&o.UpstreamConcurrency, "upstream-concurrency", 0, "requests the synthetic upstream serves at once (default 4)")
+	fs.BoolVar(&o.Quick, "quick", false, "run every workload at small sizes, in seconds")
+	fs.IntVar(&o.PassRequests, "pass-requests", 0, "requests per pass-through target (default 20000; --quick 2000)")
+	fs.IntVar(&o.PassConns, "pass-conns", 0, "concurrent keep-alive connections of the load generator (default 16)")
+	fs.StringVar(&o.NginxPath, "nginx", "", `nginx binary for the pass-through comparison (default /usr/sbin/nginx; "none" skips it)`)
+	fs.BoolVar(&o.SkipMemory, "skip-memory", false, "leave out the memory workload")
+	fs.StringVar(&o.ProxyBinary, "proxy-binary", "", "fhir-bulk-proxy binary for the memory workload (default: this executable)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "bench: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	if o.ProxyBinary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("cannot locate this executable for the memory workload (use --proxy-binary): %w", err)
+		}
+		o.ProxyBinary = exe
+	}
+	o.Progress = stderr
+	rep, err := bench.Run(ctx, o)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return rep.WriteJSON(stdout)
+	}
+	return rep.WriteTable(stdout)
+}

@@ -36,10 +36,19 @@ type Manifest struct {
 	TransactionTime     string         `json:"transactionTime"`
 	Request             string         `json:"request"`
 	RequiresAccessToken bool           `json:"requiresAccessToken"`
+	OutputOrganizedBy   string         `json:"outputOrganizedBy,omitempty"`
 	Output              []File         `json:"output"`
 	Deleted             []File         `json:"deleted,omitempty"`
 	Error               []File         `json:"error"`
 	Extension           map[string]any `json:"extension,omitempty"`
+	// Link holds the next page of a paged manifest (allowPartialManifests).
+	Link []Link `json:"link,omitempty"`
+}
+
+// Link is a manifest link.
+type Link struct {
+	Relation string `json:"relation"`
+	URL      string `json:"url"`
 }
 
 // File is one manifest entry.

@@ -80,6 +80,9 @@ type Request struct {
 	// (LatestProvenanceResources or RelevantProvenanceResources): export the
 	// Provenance resources that target exported resources.
 	AssociatedProvenance bool `json:"associatedProvenance,omitempty"`
+	// OrganizeBy is "Patient" when the output is organized in patient blocks
+	// (organizeOutputBy=Patient); "" for one type per file.
+	OrganizeBy string `json:"organizeBy,omitempty"`
 	// OutputFormat is always application/fhir+ndjson today.
 	OutputFormat string `json:"outputFormat"`
 	// RequestURL is the kick-off URL as the client sent it (absolute, public).

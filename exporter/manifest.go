@@ -5,6 +5,7 @@ type Manifest struct {
 	TransactionTime     string         `json:"transactionTime"`
 	Request             string         `json:"request"`
 	RequiresAccessToken bool           `json:"requiresAccessToken"`
+	OutputOrganizedBy   string         `json:"outputOrganizedBy,omitempty"`
 	Output              []ManifestFile `json:"output"`
 	Deleted             []ManifestFile `json:"deleted,omitempty"`
 	Error               []ManifestFile `json:"error"`
@@ -17,7 +18,9 @@ const NotesExtension = "https://github.com/fhir-bulk-proxy/fhir-bulk-proxy/notes
 
 // ManifestFile is one entry of a manifest array.
 type ManifestFile struct {
-	Type  string `json:"type"`
+	// Type is the resource type of every line; absent when the output is
+	// organized by patient (files then mix types).
+	Type  string `json:"type,omitempty"`
 	URL   string `json:"url"`
 	Count int64  `json:"count,omitempty"`
 }
@@ -39,6 +42,7 @@ func BuildManifest(j *Job, requiresAccessToken bool) Manifest {
 		TransactionTime:     j.TransactionTime.UTC().Format(instantFormat),
 		Request:             j.Request.RequestURL,
 		RequiresAccessToken: requiresAccessToken,
+		OutputOrganizedBy:   j.Request.OrganizeBy,
 		Output:              []ManifestFile{},
 		Error:               []ManifestFile{},
 	}

@@ -146,6 +146,9 @@ type jobRun struct {
 	elements         map[string]map[string]bool
 	upstreamElements string
 
+	// warnings become OperationOutcome lines of the error file.
+	warnings []string
+
 	mu       sync.Mutex // guards units' progress view and lastSave
 	units    []Unit
 	lastSave time.Time

@@ -106,7 +106,7 @@ func (r *jobRun) sealCompartment(ctx context.Context) error {
 		if !r.round0(t) {
 			continue
 		}
-		if r.late(t) {
+		if r.late(t) || r.job.Request.OrganizeBy != "" {
 			// Built at the end; its references count now.
 			if err := r.scanUnits(ctx, t, 0, collect); err != nil {
 				return err
@@ -243,8 +243,15 @@ func (r *jobRun) planRefs(ctx context.Context, collect refs, round int) error {
 // the job to completed. A job of which every unit failed fails.
 func (r *jobRun) complete(ctx context.Context) error {
 	files := slices.Clone(r.job.Files)
+	if r.job.Request.OrganizeBy == "Patient" {
+		blocks, err := r.buildPatientBlocks(ctx)
+		if err != nil {
+			return err
+		}
+		files = append(files, blocks...)
+	}
 	for _, t := range r.job.Request.Types {
-		if !r.late(t) {
+		if !r.late(t) || r.job.Request.OrganizeBy != "" {
 			continue
 		}
 		fs, err := r.buildType(ctx, t, func(int) bool { return true }, nil, nil)
@@ -267,11 +274,16 @@ func (r *jobRun) complete(ctx context.Context) error {
 	if len(failed) > 0 && len(failed) == len(r.units) {
 		return &Error{Kind: EUPSTREAM, Message: "nothing could be exported: " + failed[0].Error}
 	}
-	if len(r.job.Request.Ignored) > 0 || len(failed) > 0 {
+	if len(r.job.Request.Ignored) > 0 || len(failed) > 0 || len(r.warnings) > 0 {
 		w := newTypeWriter(ctx, r.s.opts.Blobs, r.job.ID, "OperationOutcome", KindError, 0)
 		defer w.abort()
 		for _, msg := range r.job.Request.Ignored {
 			if err := w.writeLine(outcomeLine("warning", "not-supported", msg)); err != nil {
+				return &fatal{err}
+			}
+		}
+		for _, msg := range r.warnings {
+			if err := w.writeLine(outcomeLine("warning", "incomplete", msg)); err != nil {
 				return &fatal{err}
 			}
 		}

@@ -63,7 +63,11 @@ func (w *typeWriter) writeLine(line []byte) error {
 	}
 	if w.cur == nil {
 		w.seq++
-		w.curKey = fmt.Sprintf("%s/%s-%d.ndjson", w.jobID, w.rtype, w.seq)
+		name := w.rtype
+		if name == "" {
+			name = "output"
+		}
+		w.curKey = fmt.Sprintf("%s/%s-%d.ndjson", w.jobID, name, w.seq)
 		bw, err := w.blobs.Create(w.ctx, w.curKey)
 		if err != nil {
 			return fmt.Errorf("create %s: %w", w.curKey, err)

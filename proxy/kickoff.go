@@ -27,7 +27,7 @@ var outputFormats = map[string]bool{
 // laterParams are kick-off parameters of the Bulk Data IG that this server
 // does not take yet: an error, or ignored and reported when lenient.
 var laterParams = map[string]bool{
-	"organizeOutputBy": true, "allowPartialManifests": true,
+	"allowPartialManifests": true,
 }
 
 // filterForbidden are search parameters a _typeFilter may not use: result
@@ -229,6 +229,18 @@ func parseKickoff(level exporter.Level, params []kickoffParam, prefs preferences
 					}
 				}
 			}
+		case p.name == "organizeOutputBy":
+			if err = once(p.name); err != nil {
+				return req, err
+			}
+			switch {
+			case p.value != "Patient":
+				err = ignore(p.name, fmt.Sprintf("organizeOutputBy=%s is not supported (only Patient)", p.value))
+			case level == exporter.LevelSystem:
+				err = ignore(p.name, "organizeOutputBy applies to Group and Patient level exports only")
+			default:
+				req.OrganizeBy = "Patient"
+			}
 		case laterParams[p.name]:
 			err = ignore(p.name, fmt.Sprintf("parameter %s is not supported by this server", p.name))
 		default:
@@ -243,6 +255,12 @@ func parseKickoff(level exporter.Level, params []kickoffParam, prefs preferences
 	}
 	if !req.ExplicitTypes {
 		req.Types = slices.Clone(exporter.DefaultTypes)
+	}
+	if req.AssociatedProvenance && req.OrganizeBy != "" {
+		if err := ignore("includeAssociatedData", "includeAssociatedData cannot be combined with organizeOutputBy"); err != nil {
+			return req, err
+		}
+		req.AssociatedProvenance = false
 	}
 	if req.AssociatedProvenance && !slices.Contains(req.Types, "Provenance") {
 		req.Types = append(req.Types, "Provenance")

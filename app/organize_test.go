@@ -1,0 +1,92 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/bulkclient"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
+)
+
+func TestOrganizeOutputByPatient(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{}, nil)
+	types := []string{"Patient", "Condition", "Encounter", "Observation", "Practitioner", "Organization", "Location"}
+	for _, level := range []string{"/Group/half/$export", "/Patient/$export"} {
+		m := e.exportAt(level, url.Values{"_type": {strings.Join(types, ",")}, "organizeOutputBy": {"Patient"}})
+		if m.OutputOrganizedBy != "Patient" {
+			t.Errorf("manifest outputOrganizedBy = %q", m.OutputOrganizedBy)
+		}
+		tt, _ := time.Parse(time.RFC3339Nano, m.TransactionTime)
+		q := fhirtest.Query{Types: types, Until: tt}
+		if strings.HasPrefix(level, "/Group/") {
+			q.GroupID = "half"
+		}
+		want := e.sim.Expected(q)
+		got := map[string]map[string][]byte{}
+		var blocks, resources int64
+		for _, f := range m.Output {
+			if f.Type != "" {
+				t.Errorf("organized output lists a type: %+v", f)
+			}
+			var patient string
+			var count int64
+			first := true
+			err := e.client.Download(context.Background(), f.URL, func(line []byte) error {
+				var head struct {
+					ResourceType, ID string
+					Parameter        []struct {
+						Name           string
+						ValueReference struct{ Reference string } `json:"valueReference"`
+					} `json:"parameter"`
+				}
+				if err := json.Unmarshal(line, &head); err != nil {
+					return err
+				}
+				if head.ResourceType == "Parameters" && len(head.Parameter) == 1 && head.Parameter[0].Name == "header" {
+					patient = strings.TrimPrefix(head.Parameter[0].ValueReference.Reference, "Patient/")
+					blocks++
+					first = false
+					return nil
+				}
+				if first {
+					t.Fatalf("%s does not start with a header: %s", f.URL, line)
+				}
+				count++
+				switch {
+				case head.ResourceType == "Patient":
+					if head.ID != patient {
+						t.Errorf("Patient/%s in the block of %s", head.ID, patient)
+					}
+				case head.ResourceType == "Practitioner" || head.ResourceType == "Organization" || head.ResourceType == "Location":
+				default:
+					if !bytes.Contains(line, []byte(`"reference":"Patient/`+patient+`"`)) {
+						t.Errorf("%s/%s in the block of %s does not reference it", head.ResourceType, head.ID, patient)
+					}
+				}
+				if got[head.ResourceType] == nil {
+					got[head.ResourceType] = map[string][]byte{}
+				}
+				got[head.ResourceType][head.ID] = bytes.Clone(line)
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.Count != count {
+				t.Errorf("%s: manifest count %d, %d resources", f.URL, f.Count, count)
+			}
+			resources += count
+		}
+		for _, d := range bulkclient.Diff(want, got, 10) {
+			t.Errorf("%s: %s", level, d)
+		}
+		if blocks == 0 || resources == 0 {
+			t.Fatalf("%s: %d blocks, %d resources", level, blocks, resources)
+		}
+	}
+}

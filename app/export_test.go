@@ -89,7 +89,7 @@ func TestKickoffErrors(t *testing.T) {
 		{"type not exportable", "GET", "/Group/all/$export?_type=ValueSet", nil, "", 400},
 		{"malformed _since", "GET", "/Group/all/$export?_since=last-week", nil, "", 400},
 		{"bad _outputFormat", "GET", "/Group/all/$export?_outputFormat=text/csv", nil, "", 400},
-		{"unsupported parameter", "GET", "/Group/all/$export?allowPartialManifests=true", nil, "", 400},
+		{"unsupported parameter", "GET", "/Group/all/$export?organizeOutputBy=Encounter", nil, "", 400},
 		{"malformed _typeFilter", "GET", "/Group/all/$export?_typeFilter=Observation", nil, "", 400},
 		{"forbidden _typeFilter", "GET", "/Group/all/$export?_typeFilter=Observation%3F_sort%3Ddate", nil, "", 400},
 		{"patient at system level", "GET", "/$export?patient=Patient%2F1", nil, "", 400},
@@ -124,7 +124,7 @@ func TestKickoffErrors(t *testing.T) {
 func TestLenientKickoffReportsIgnoredParameters(t *testing.T) {
 	e := newEnv(t, fhirtest.Options{}, nil)
 	h := http.Header{"Prefer": {"respond-async, handling=lenient"}}
-	resp, b := e.do("GET", "/Group/small/$export?_type=Patient,Unicorn&allowPartialManifests=true&color=blue", h, "")
+	resp, b := e.do("GET", "/Group/small/$export?_type=Patient,Unicorn&organizeOutputBy=Encounter&color=blue", h, "")
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("lenient kick-off: %d %s", resp.StatusCode, b)
 	}

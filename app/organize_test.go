@@ -90,3 +90,62 @@ func TestOrganizeOutputByPatient(t *testing.T) {
 		}
 	}
 }
+
+func TestAllowPartialManifests(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{
+		TypeFaults: map[string]fhirtest.Faults{"Practitioner": {Latency: 1500 * time.Millisecond}},
+	}, nil)
+	types := []string{"Patient", "Condition", "Practitioner"}
+	resp, b := e.do("GET", "/Group/all/$export?allowPartialManifests=true&_type="+strings.Join(types, ","), nil, "")
+	if resp.StatusCode != 202 {
+		t.Fatalf("kick-off: %d %s", resp.StatusCode, b)
+	}
+	status := resp.Header.Get("Content-Location")
+	var first bulkclient.Manifest
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, b = e.do("GET", status, nil, "")
+		if resp.StatusCode == 202 && resp.Header.Get("Content-Type") == "application/json" {
+			if err := json.Unmarshal(b, &first); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if resp.StatusCode != 202 || time.Now().After(deadline) {
+			t.Fatalf("no partial manifest while running: %d %s", resp.StatusCode, b)
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	if len(first.Output) == 0 || len(first.Link) != 0 {
+		t.Fatalf("first partial manifest: %+v", first)
+	}
+	for _, f := range first.Output {
+		if f.Type == "Practitioner" {
+			t.Fatalf("a file of an unfinished type is listed: %+v", f)
+		}
+	}
+	// Listed files can be downloaded while the export runs.
+	if resp, _ := e.do("GET", first.Output[0].URL, nil, ""); resp.StatusCode != 200 {
+		t.Fatalf("download of a listed file while running: %d", resp.StatusCode)
+	}
+	final, err := e.client.Wait(context.Background(), status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Page 0 never changes, except for the link to the next page.
+	if len(final.Output) != len(first.Output) || final.Output[0] != first.Output[0] || len(final.Link) != 1 || final.Link[0].Relation != "next" {
+		t.Fatalf("page 0 changed: %+v then %+v", first, *final)
+	}
+	all := *final
+	for next := final.Link; len(next) > 0; {
+		resp, b := e.do("GET", next[0].URL, nil, "")
+		var page bulkclient.Manifest
+		if resp.StatusCode != 200 || json.Unmarshal(b, &page) != nil {
+			t.Fatalf("manifest page %s: %d %s", next[0].URL, resp.StatusCode, b)
+		}
+		all.Output = append(all.Output, page.Output...)
+		all.Error = append(all.Error, page.Error...)
+		next = page.Link
+	}
+	e.verify(&all, fhirtest.Query{GroupID: "all", Types: types})
+}

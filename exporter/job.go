@@ -83,6 +83,9 @@ type Request struct {
 	// OrganizeBy is "Patient" when the output is organized in patient blocks
 	// (organizeOutputBy=Patient); "" for one type per file.
 	OrganizeBy string `json:"organizeBy,omitempty"`
+	// PartialManifests is set by allowPartialManifests=true: status polls of
+	// a running job may answer with a manifest of the files sealed so far.
+	PartialManifests bool `json:"partialManifests,omitempty"`
 	// OutputFormat is always application/fhir+ndjson today.
 	OutputFormat string `json:"outputFormat"`
 	// RequestURL is the kick-off URL as the client sent it (absolute, public).
@@ -184,6 +187,10 @@ type Job struct {
 	// Notes are told to the client in the manifest's extension, such as
 	// why deleted resources cannot be listed.
 	Notes []string `json:"notes,omitempty"`
+	// Pages are the manifest pages handed out (allowPartialManifests): the
+	// file ids of each page. A page never changes once handed out; later
+	// files go to later pages, linked from the one before.
+	Pages [][]string `json:"pages,omitempty"`
 	// Files lists the sealed files, in manifest order.
 	Files []File `json:"files,omitempty"`
 }
@@ -217,6 +224,10 @@ func (j *Job) Clone() *Job {
 	}
 	c.Files = append([]File(nil), j.Files...)
 	c.Notes = append([]string(nil), j.Notes...)
+	c.Pages = nil
+	for _, p := range j.Pages {
+		c.Pages = append(c.Pages, append([]string(nil), p...))
+	}
 	return &c
 }
 

@@ -1,5 +1,7 @@
 package exporter
 
+import "fmt"
+
 // Manifest is the body of a completed status request (Bulk Data IG).
 type Manifest struct {
 	TransactionTime     string         `json:"transactionTime"`
@@ -10,6 +12,69 @@ type Manifest struct {
 	Deleted             []ManifestFile `json:"deleted,omitempty"`
 	Error               []ManifestFile `json:"error"`
 	Extension           map[string]any `json:"extension,omitempty"`
+	Link                []ManifestLink `json:"link,omitempty"`
+}
+
+// ManifestLink links a manifest page to the next one.
+type ManifestLink struct {
+	Relation string `json:"relation"`
+	URL      string `json:"url"`
+}
+
+// PageURL returns the absolute URL of a job's manifest page n (n >= 1; page
+// 0 is the status URL).
+func PageURL(j *Job, n int) string {
+	return fmt.Sprintf("%s/manifest/%d", StatusURL(j), n)
+}
+
+// unpaged returns the ids of the job's files on no page yet.
+func unpaged(j *Job) []string {
+	paged := map[string]bool{}
+	for _, p := range j.Pages {
+		for _, id := range p {
+			paged[id] = true
+		}
+	}
+	var ids []string
+	for _, f := range j.Files {
+		if !paged[f.ID] {
+			ids = append(ids, f.ID)
+		}
+	}
+	return ids
+}
+
+// PublishPage adds a manifest page with the sealed files of a job that no
+// page lists yet, if there are any; for Store.Update and Transition.
+func PublishPage(j *Job) error {
+	if ids := unpaged(j); len(ids) > 0 {
+		j.Pages = append(j.Pages, ids)
+	}
+	return nil
+}
+
+// BuildManifestPage returns page n of a paged manifest, and false when the
+// job has no such page.
+func BuildManifestPage(j *Job, n int, requiresAccessToken bool) (Manifest, bool) {
+	if n < 0 || n >= len(j.Pages) {
+		return Manifest{}, false
+	}
+	in := map[string]bool{}
+	for _, id := range j.Pages[n] {
+		in[id] = true
+	}
+	page := *j
+	page.Files = nil
+	for _, f := range j.Files {
+		if in[f.ID] {
+			page.Files = append(page.Files, f)
+		}
+	}
+	m := BuildManifest(&page, requiresAccessToken)
+	if n+1 < len(j.Pages) {
+		m.Link = []ManifestLink{{Relation: "next", URL: PageURL(j, n+1)}}
+	}
+	return m, true
 }
 
 // NotesExtension is the manifest extension key under which the proxy

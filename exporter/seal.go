@@ -311,6 +311,9 @@ func (r *jobRun) complete(ctx context.Context) error {
 	final.Resources = resources
 	_, err = r.s.opts.Store.Transition(ctx, r.job.ID, StateRunning, StateCompleted, "completed", func(j *Job) error {
 		j.Files = files
+		if j.Request.PartialManifests && len(j.Pages) > 0 {
+			_ = PublishPage(j) // the rest of the files, linked from the last page handed out
+		}
 		j.Progress = final
 		j.FinishedAt = now
 		j.ExpiresAt = now.Add(r.s.opts.Retention)

@@ -311,13 +311,23 @@ func (s *Service) purge(ctx context.Context, id string) {
 	}
 }
 
+// PublishPartial hands out the files a running job has sealed so far as a
+// new manifest page (allowPartialManifests), when there are new ones, and
+// returns the job.
+func (s *Service) PublishPartial(ctx context.Context, j *Job) (*Job, error) {
+	if !j.Request.PartialManifests || len(unpaged(j)) == 0 {
+		return j, nil
+	}
+	return s.opts.Store.Update(ctx, j.ID, PublishPage)
+}
+
 // OpenFile returns a visible job's file and its content.
 func (s *Service) OpenFile(ctx context.Context, fileID string) (*Job, File, Blob, error) {
 	j, f, err := s.opts.Store.FileJob(ctx, fileID)
 	if err != nil {
 		return nil, File{}, nil, err
 	}
-	if !j.Visible(s.opts.Now()) || j.State != StateCompleted {
+	if !j.Visible(s.opts.Now()) || !fileVisible(j, fileID) {
 		return nil, File{}, nil, ErrNotFound
 	}
 	b, err := s.opts.Blobs.Open(ctx, f.Key)
@@ -425,4 +435,24 @@ func (s *Service) sweep(ctx context.Context, now time.Time) {
 			s.purge(ctx, j.ID)
 		}
 	}
+}
+
+// fileVisible reports whether a file may be downloaded: every file of a
+// completed job, and the files of a running job that a manifest page has
+// handed out.
+func fileVisible(j *Job, fileID string) bool {
+	if j.State == StateCompleted {
+		return true
+	}
+	if j.State != StateRunning && j.State != StateQueued {
+		return false
+	}
+	for _, p := range j.Pages {
+		for _, id := range p {
+			if id == fileID {
+				return true
+			}
+		}
+	}
+	return false
 }

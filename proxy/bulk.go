@@ -149,21 +149,25 @@ func (h *handlers) status(c *gin.Context) {
 		w.Header().Set("X-Progress", truncate(progress, 99))
 		w.Header().Set("Retry-After", strconv.Itoa(h.retryAfter(job)))
 		w.Header().Set("Cache-Control", "no-store")
+		if job.Request.PartialManifests {
+			if job, err := h.svc.PublishPartial(c.Request.Context(), job); err == nil && len(job.Pages) > 0 {
+				m, _ := exporter.BuildManifestPage(job, 0, h.requiresAccessToken)
+				writeManifest(w, http.StatusAccepted, m)
+				return
+			}
+		}
 		w.WriteHeader(http.StatusAccepted)
 	case exporter.StateCompleted:
 		if h.polls != nil {
 			h.polls.forget(job.ID)
 		}
-		body, err := json.Marshal(exporter.BuildManifest(job, h.requiresAccessToken))
-		if err != nil {
-			WriteError(w, err)
-			return
+		m := exporter.BuildManifest(job, h.requiresAccessToken)
+		if len(job.Pages) > 0 {
+			m, _ = exporter.BuildManifestPage(job, 0, h.requiresAccessToken)
 		}
-		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Expires", job.ExpiresAt.UTC().Format(http.TimeFormat))
 		w.Header().Set("Cache-Control", "no-store")
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(body)
+		writeManifest(w, http.StatusOK, m)
 	case exporter.StateFailed:
 		msg := job.Message
 		if msg == "" {
@@ -173,6 +177,41 @@ func (h *handlers) status(c *gin.Context) {
 	default:
 		WriteOutcome(w, http.StatusNotFound, fhir.IssueTypeNotFound, "no such export job")
 	}
+}
+
+// manifestPage answers GET /bulk-export/jobs/{id}/manifest/{n}: the pages
+// after the first of a paged manifest (allowPartialManifests).
+func (h *handlers) manifestPage(c *gin.Context) {
+	job := h.visibleJob(c, c.Param("job"))
+	if job == nil {
+		return
+	}
+	n, err := strconv.Atoi(c.Param("page"))
+	m, ok := exporter.BuildManifest(job, false), false
+	if err == nil && n >= 1 {
+		m, ok = exporter.BuildManifestPage(job, n, h.requiresAccessToken)
+	}
+	if !ok {
+		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such manifest page")
+		return
+	}
+	c.Header("Cache-Control", "no-store")
+	if job.State == exporter.StateCompleted {
+		c.Header("Expires", job.ExpiresAt.UTC().Format(http.TimeFormat))
+	}
+	writeManifest(c.Writer, http.StatusOK, m)
+}
+
+// writeManifest writes a manifest as application/json.
+func writeManifest(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
 }
 
 // retryAfter suggests when to poll next, in seconds: about a third of the

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,9 +27,7 @@ var outputFormats = map[string]bool{
 
 // laterParams are kick-off parameters of the Bulk Data IG that this server
 // does not take yet: an error, or ignored and reported when lenient.
-var laterParams = map[string]bool{
-	"allowPartialManifests": true,
-}
+var laterParams = map[string]bool{}
 
 // filterForbidden are search parameters a _typeFilter may not use: result
 // shaping the IG excludes, and what the export itself sets.
@@ -241,6 +240,15 @@ func parseKickoff(level exporter.Level, params []kickoffParam, prefs preferences
 			default:
 				req.OrganizeBy = "Patient"
 			}
+		case p.name == "allowPartialManifests":
+			if err = once(p.name); err != nil {
+				return req, err
+			}
+			b, perr := strconv.ParseBool(p.value)
+			if perr != nil {
+				return req, invalid(p.name, fmt.Sprintf("allowPartialManifests %q is not true or false", p.value))
+			}
+			req.PartialManifests = b
 		case laterParams[p.name]:
 			err = ignore(p.name, fmt.Sprintf("parameter %s is not supported by this server", p.name))
 		default:

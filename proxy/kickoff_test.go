@@ -64,14 +64,14 @@ func TestKickoffSinceAndFormat(t *testing.T) {
 }
 
 func TestKickoffUnsupportedAndLenient(t *testing.T) {
-	if _, err := kickoffFrom(t, "GET", "/x?allowPartialManifests=true", "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
+	if _, err := kickoffFrom(t, "GET", "/x?organizeOutputBy=Encounter", "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
 		t.Fatalf("organizeOutputBy without lenient: %v", err)
 	}
 	if _, err := kickoffFrom(t, "GET", "/x?foo=bar", "", nil); exporter.ErrorKind(err) != exporter.EINVALID {
 		t.Fatalf("unknown param without lenient: %v", err)
 	}
 	h := http.Header{"Prefer": {"respond-async, handling=lenient"}}
-	req, err := kickoffFrom(t, "GET", "/x?allowPartialManifests=true&foo=bar&_type=Patient,Foo", "", h)
+	req, err := kickoffFrom(t, "GET", "/x?organizeOutputBy=Encounter&foo=bar&_type=Patient,Foo", "", h)
 	if err != nil {
 		t.Fatal(err)
 	}

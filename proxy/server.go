@@ -92,6 +92,7 @@ func NewHandler(o Options) http.Handler {
 	e.Any(base+"/$export", guarded(h.limitBody, h.kickoff(exporter.LevelSystem))...)
 	e.GET(base+"/bulk-export/jobs/:job", guarded(h.status)...)
 	e.DELETE(base+"/bulk-export/jobs/:job", guarded(h.deleteJob)...)
+	e.GET(base+"/bulk-export/jobs/:job/manifest/:page", guarded(h.manifestPage)...)
 	e.GET(base+"/bulk-export/files/:file", guarded(h.file)...)
 	e.HEAD(base+"/bulk-export/files/:file", guarded(h.file)...)
 	e.GET(base+"/metadata", h.metadata(o.PassThrough))

@@ -1,0 +1,135 @@
+package app
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/bulkclient"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
+)
+
+// levels are the three kick-off endpoints and the ground-truth query that
+// selects their patients.
+var levels = []struct {
+	name, path string
+	query      fhirtest.Query
+}{
+	{"system", "/$export", fhirtest.Query{System: true}},
+	{"patient", "/Patient/$export", fhirtest.Query{}},
+	{"group", "/Group/half/$export", fhirtest.Query{GroupID: "half"}},
+}
+
+// TestDemoDataAtEveryLevel: system, Patient and Group exports of the demo's
+// data (100 patients, seed 1) are exactly the ground truth.
+func TestDemoDataAtEveryLevel(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{Patients: 100, Seed: 1}, nil)
+	for _, l := range levels {
+		m := e.exportAt(l.path, nil)
+		q := l.query
+		q.Types = exporter.DefaultTypes
+		e.verify(m, q)
+	}
+}
+
+// TestParametersAtEveryLevel runs each parameter at each level it applies
+// to against the ground truth, and its error paths.
+func TestParametersAtEveryLevel(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{}, nil)
+	since := time.Date(2023, 1, 1, 0, 0, 0, 0, time.UTC)
+	until := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, l := range levels {
+		t.Run(l.name, func(t *testing.T) {
+			// _type, _since, _until, _outputFormat together.
+			types := []string{"Patient", "Encounter", "Practitioner"}
+			m := e.exportAt(l.path, url.Values{"_type": {strings.Join(types, ",")}, "_since": {since.Format(time.RFC3339)},
+				"_until": {until.Format(time.RFC3339)}, "_outputFormat": {"application/ndjson"}})
+			q := l.query
+			q.Types, q.Since = types, since
+			e.verify(m, q) // verify sets Until from transactionTime, which _until fixed
+			if m.TransactionTime != "2025-01-01T00:00:00.000Z" {
+				t.Errorf("transactionTime %s", m.TransactionTime)
+			}
+
+			// _typeFilter: OR of two filters, compared with the filtered ground truth.
+			m = e.exportAt(l.path, url.Values{"_type": {"Observation"},
+				"_typeFilter": {"Observation?category=laboratory", "Observation?category=vital-signs"}})
+			ex, err := e.client.Collect(context.Background(), m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt, _ := time.Parse(time.RFC3339Nano, m.TransactionTime)
+			q = l.query
+			q.Types, q.Until = []string{"Observation"}, tt
+			want := map[string]map[string][]byte{"Observation": {}}
+			for id, line := range e.sim.Expected(q)["Observation"] {
+				cat := string(resourceField(t, line)["category"])
+				if strings.Contains(cat, `"code":"laboratory"`) || strings.Contains(cat, `"code":"vital-signs"`) {
+					want["Observation"][id] = line
+				}
+			}
+			if len(want["Observation"]) == 0 {
+				t.Fatal("empty filtered ground truth")
+			}
+			for _, d := range append(ex.Problems, bulkclient.Diff(want, ex.Resources, 5)...) {
+				t.Error(d)
+			}
+
+			// _elements keeps id, meta, mandatory and listed elements only.
+			m = e.exportAt(l.path, url.Values{"_type": {"Condition"}, "_elements": {"onsetDateTime"}})
+			ex, err = e.client.Collect(context.Background(), m)
+			if err != nil || len(ex.Resources["Condition"]) == 0 {
+				t.Fatalf("_elements export: %v", err)
+			}
+			for id, line := range ex.Resources["Condition"] {
+				for k := range resourceField(t, line) {
+					if !slices.Contains([]string{"resourceType", "id", "meta", "subject", "onsetDateTime"}, k) {
+						t.Fatalf("Condition/%s keeps %s", id, k)
+					}
+				}
+			}
+
+			if l.name != "system" {
+				// includeAssociatedData: the Provenance targeting exported resources.
+				m = e.exportAt(l.path, url.Values{"_type": {"Encounter"}, "includeAssociatedData": {"LatestProvenanceResources"}})
+				q = l.query
+				q.Types, q.AssociatedProvenance = []string{"Encounter", "Provenance"}, true
+				e.verify(m, q)
+			}
+
+			// Error paths.
+			for _, bad := range []struct {
+				query  string
+				status int
+			}{
+				{"_type=Unicorn", 400},
+				{"_since=yesterday", 400},
+				{"_until=2020-01-01", 400},
+				{"_outputFormat=text/csv", 400},
+				{"_typeFilter=" + url.QueryEscape("Observation?_sort=date"), 400},
+				{"_elements=" + url.QueryEscape("Observation..code"), 400},
+				{"_type=Observation&_typeFilter=" + url.QueryEscape("Observation?flavour=sweet"), 422},
+				{"includeAssociatedData=_custom", 400},
+			} {
+				resp, b := e.do("GET", l.path+"?"+bad.query, nil, "")
+				if resp.StatusCode != bad.status {
+					t.Errorf("%s?%s: %d, want %d: %s", l.path, bad.query, resp.StatusCode, bad.status, b)
+					continue
+				}
+				outcomeCode(t, resp, b)
+			}
+			if l.name == "system" {
+				for _, q := range []string{"organizeOutputBy=Patient", "patient=Patient%2F1"} {
+					if resp, _ := e.do("GET", l.path+"?"+q, nil, ""); resp.StatusCode != http.StatusBadRequest {
+						t.Errorf("system level %s: %d", q, resp.StatusCode)
+					}
+				}
+			}
+		})
+	}
+}

@@ -102,6 +102,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		MaxActivePerClient: unbounded(cfg.Export.MaxActivePerClient),
 		MaxActive:          unbounded(cfg.Export.MaxActive),
 		MaxPatients:        cfg.Export.MaxPatients,
+		FailOnPartial:      cfg.Export.FailOnPartial,
 	})
 	if err != nil {
 		return fail(err)

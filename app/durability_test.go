@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,4 +106,24 @@ func TestKickoffWhileDraining(t *testing.T) {
 		t.Fatalf("kick-off while draining: %d Retry-After=%q", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 	outcomeCode(t, resp, b)
+}
+
+// TestFailOnPartial: with export.fail_on_partial one failed search fails
+// the export.
+func TestFailOnPartial(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{FailTypes: []string{"Condition"}}, func(c *config.Config) {
+		c.UpstreamHTTP.Retries = 0
+		c.Export.FailOnPartial = true
+	})
+	status, err := e.client.KickOff(context.Background(), e.base+"/Group/small/$export", url.Values{"_type": {"Patient,Condition"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.Wait(context.Background(), status); err == nil {
+		t.Fatal("want a failed export")
+	}
+	resp, b := e.do("GET", status, nil, "")
+	if resp.StatusCode != 500 || !strings.Contains(string(b), "Condition") {
+		t.Fatalf("status: %d %s", resp.StatusCode, b)
+	}
 }

@@ -80,6 +80,10 @@ type ExportConfig struct {
 	// MaxActive bounds the queued and running exports in all. 0: no bound.
 	// Default 10.
 	MaxActive int `yaml:"max_active" usage:"exports in progress in all before kick-offs get 429; 0: no bound"`
+	// FailOnPartial fails an export when any of its searches failed for
+	// good; by default those go to the manifest's error file and an export
+	// fails only when nothing could be exported.
+	FailOnPartial bool `yaml:"fail_on_partial" usage:"fail an export when any search failed for good (default: report it in the error file)"`
 	// MaxPatients refuses (413) exports of more patients. 0: no bound.
 	MaxPatients int `yaml:"max_patients" usage:"most patients one export may cover (413 beyond); 0: no bound"`
 	// PollThrottle answers 429 to status polls that come well before the

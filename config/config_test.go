@@ -75,6 +75,7 @@ func TestOptionNames(t *testing.T) {
 		"export.max_active_per_client":          {"FBP_EXPORT_MAX_ACTIVE_PER_CLIENT", "export-max-active-per-client"},
 		"export.max_active":                     {"FBP_EXPORT_MAX_ACTIVE", "export-max-active"},
 		"export.max_patients":                   {"FBP_EXPORT_MAX_PATIENTS", "export-max-patients"},
+		"export.fail_on_partial":                {"FBP_EXPORT_FAIL_ON_PARTIAL", "export-fail-on-partial"},
 		"export.poll_throttle":                  {"FBP_EXPORT_POLL_THROTTLE", "export-poll-throttle"},
 		"upstream_http.response_header_timeout": {"FBP_UPSTREAM_HTTP_RESPONSE_HEADER_TIMEOUT", "upstream-response-header-timeout"},
 		"upstream_http.dial_timeout":            {"FBP_UPSTREAM_HTTP_DIAL_TIMEOUT", "upstream-dial-timeout"},

@@ -274,6 +274,9 @@ func (r *jobRun) complete(ctx context.Context) error {
 	if len(failed) > 0 && len(failed) == len(r.units) {
 		return &Error{Kind: EUPSTREAM, Message: "nothing could be exported: " + failed[0].Error}
 	}
+	if len(failed) > 0 && r.s.opts.FailOnPartial {
+		return &Error{Kind: EUPSTREAM, Message: fmt.Sprintf("%d of %d searches failed: %s", len(failed), len(r.units), failed[0].Error)}
+	}
 	if len(r.job.Request.Ignored) > 0 || len(failed) > 0 || len(r.warnings) > 0 {
 		w := newTypeWriter(ctx, r.s.opts.Blobs, r.job.ID, "OperationOutcome", KindError, 0)
 		defer w.abort()

@@ -33,6 +33,10 @@ type Options struct {
 	// (default 10; negative: no bound). More kick-offs get ETHROTTLED.
 	MaxActivePerClient int
 	MaxActive          int
+	// FailOnPartial fails a job as soon as one work unit failed for good;
+	// by default such units go to the error file and a job fails only when
+	// nothing could be exported.
+	FailOnPartial bool
 	// MaxPatients refuses exports of more patients (0: no bound).
 	MaxPatients int
 	// MaxJobs is the number of jobs run at once (default 2).

@@ -333,6 +333,10 @@ func TestBuiltinAuthRejections(t *testing.T) {
 	expectOutcome(t, "status without token", resp, body, 401, "login")
 	resp, body = e.do("DELETE", status, nil, "")
 	expectOutcome(t, "delete without token", resp, body, 401, "login")
+	// The owner with a token whose scopes no longer cover the file's type.
+	narrow := e.token(a, "system/Condition.read")
+	resp, body = e.do("GET", file, bearer(narrow), "")
+	expectOutcome(t, "file of a type the token's scopes do not cover", resp, body, 403, "forbidden")
 	// The owner still sees all of it.
 	if resp, body = e.do("GET", file, bearer(atok), ""); resp.StatusCode != 200 {
 		t.Errorf("owner's file: %d %s", resp.StatusCode, body)

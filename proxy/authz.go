@@ -65,3 +65,16 @@ func (h *handlers) owns(r *http.Request, j *exporter.Job) bool {
 	id, ok := auth.FromContext(r.Context())
 	return ok && id.ClientID != "" && j.Request.ClientID == id.ClientID
 }
+
+// mayRead reports whether the caller's scopes still cover the type of an
+// output file (Oracle checks the system read scope of the file's type at
+// download, not only at kick-off). Error and deleted files carry no
+// clinical data of a type and are covered by owning the job; so is
+// everything while inbound authorization is off.
+func (h *handlers) mayRead(r *http.Request, f exporter.File) bool {
+	if !h.sec.on || f.Kind != exporter.KindOutput || f.Type == "" {
+		return true
+	}
+	id, ok := auth.FromContext(r.Context())
+	return ok && id.Scopes.CanRead(f.Type)
+}

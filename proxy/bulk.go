@@ -266,10 +266,15 @@ func (h *handlers) file(c *gin.Context) {
 		return
 	}
 	r := c.Request
-	job, _, blob, err := h.svc.OpenFile(r.Context(), id)
+	job, f, blob, err := h.svc.OpenFile(r.Context(), id)
 	if err == nil && !h.owns(r, job) {
 		_ = blob.Close()
 		err = exporter.ErrNotFound
+	}
+	if err == nil && !h.mayRead(r, f) {
+		_ = blob.Close()
+		WriteOutcome(c.Writer, http.StatusForbidden, fhir.IssueTypeForbidden, "the access token's scopes do not cover "+f.Type)
+		return
 	}
 	if err != nil {
 		if exporter.ErrorKind(err) == exporter.ENOTFOUND {

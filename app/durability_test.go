@@ -127,3 +127,28 @@ func TestFailOnPartial(t *testing.T) {
 		t.Fatalf("status: %d %s", resp.StatusCode, b)
 	}
 }
+
+// TestResourceInTwoBatchesExportedOnce: a Provenance that targets two
+// patients of different batches is found by both batches' searches and
+// exported once.
+func TestResourceInTwoBatchesExportedOnce(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{}, func(c *config.Config) { c.Export.BatchSize = 5 })
+	ids := e.sim.PatientIDs()
+	first, last := ids[0], ids[len(ids)-1]
+	body := `{"resourceType":"Provenance","target":[{"reference":"Patient/` + first + `"},{"reference":"Patient/` + last + `"}],` +
+		`"recorded":"2024-01-01T00:00:00Z","agent":[{"who":{"reference":"Practitioner/1"}}]}`
+	if _, err := e.sim.Create("Provenance", []byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := e.export("all", url.Values{"_type": {"Provenance,Patient"}})
+	ex := e.verify(m, fhirtest.Query{GroupID: "all", Types: []string{"Provenance", "Patient"}})
+	n := 0
+	for _, line := range ex.Resources["Provenance"] {
+		if strings.Contains(string(line), `"reference":"Patient/`+last+`"`) && strings.Contains(string(line), `"reference":"Patient/`+first+`"`) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("the two-patient Provenance is exported %d times", n)
+	}
+}

@@ -86,7 +86,7 @@ func (r *jobRun) buildDeleted(ctx context.Context) ([]File, error) {
 		}
 		slices.Sort(ids)
 		for _, id := range ids {
-			if _, err := w.add(t+"/"+id, deleted[id]); err != nil {
+			if err := w.writeLine(deleted[id]); err != nil {
 				return nil, &fatal{err}
 			}
 		}

@@ -85,3 +85,15 @@ func TestRetryBudget(t *testing.T) {
 		t.Fatal("no budget means no limit")
 	}
 }
+
+func TestMultiPatientAndIDSet(t *testing.T) {
+	one := []byte(`{"resourceType":"Observation","subject":{"reference":"Patient/1"},"performer":[{"reference":"Patient/1"}]}`)
+	two := []byte(`{"resourceType":"CareTeam","subject":{"reference":"Patient/1"},"participant":[{"member":{"reference":"Patient/2"}}]}`)
+	if multiPatient(one, "") || !multiPatient(two, "") {
+		t.Fatal("multiPatient misjudges")
+	}
+	s := newIDSet()
+	if !s.add("a") || s.add("a") || !s.add("b") || !s.has("a") || s.has("c") {
+		t.Fatal("idSet misbehaves")
+	}
+}

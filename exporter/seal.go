@@ -58,23 +58,38 @@ func (r *jobRun) eachLine(ctx context.Context, u *Unit, fn func(id string, resou
 // done units in the given rounds, dropping repeated ids; when collect is
 // not nil, the wanted references of every written resource go into it.
 // onAdd, when not nil, is called with the id of every written resource.
+//
+// Repeats are found with a set per unit (a search repeats nothing unless
+// the upstream's paging is unstable) and a set for the whole type that
+// holds only the resources that can be in several units: those that
+// reference two or more patients (two batches' compartments), and every
+// resource of a type with several _typeFilter queries (OR'ed searches
+// overlap). Memory thus follows the unit, not the export.
 func (r *jobRun) buildType(ctx context.Context, rtype string, inRound func(int) bool, collect refs, onAdd func(id string)) ([]File, error) {
 	w := newTypeWriter(ctx, r.s.opts.Blobs, r.job.ID, rtype, KindOutput, r.s.opts.MaxFileSize)
 	defer w.abort()
+	global := newIDSet()
+	allGlobal := len(r.filters(rtype)) > 1 || IsReferencedType(rtype) || rtype == "Provenance"
 	for i := range r.units {
 		u := &r.units[i]
 		if u.Type != rtype || u.State != UnitDone || !inRound(u.Round) || u.Param == historyParam {
 			continue
 		}
+		local := newIDSet()
 		err := r.eachLine(ctx, u, func(id string, res []byte) error {
-			added, err := w.add(id, res)
-			if err != nil {
+			if !local.add(id) {
+				return nil
+			}
+			if (allGlobal || multiPatient(res, r.base)) && !global.add(id) {
+				return nil
+			}
+			if err := w.writeLine(res); err != nil {
 				return &fatal{err}
 			}
-			if added && onAdd != nil {
+			if onAdd != nil {
 				onAdd(id)
 			}
-			if added && collect != nil && len(r.wanted) > 0 {
+			if collect != nil && len(r.wanted) > 0 {
 				scanReferences(res, r.base, func(t, rid string) {
 					if r.wanted[t] {
 						collect.add(t, rid)
@@ -92,6 +107,23 @@ func (r *jobRun) buildType(ctx context.Context, rtype string, inRound func(int) 
 		return nil, &fatal{err}
 	}
 	return files, nil
+}
+
+// multiPatient reports whether a resource references two or more distinct
+// patients.
+func multiPatient(res []byte, base string) bool {
+	first, multi := "", false
+	scanReferences(res, base, func(t, id string) {
+		if t != "Patient" || multi {
+			return
+		}
+		if first == "" {
+			first = id
+		} else if id != first {
+			multi = true
+		}
+	})
+	return multi
 }
 
 // sealCompartment builds the files of the round-0 types (except the late

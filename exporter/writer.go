@@ -17,9 +17,9 @@ func NewID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// typeWriter writes the sealed NDJSON output files of one resource type:
-// it de-duplicates by id and splits files at maxSize bytes. It is used by
-// one goroutine at a time.
+// typeWriter writes the sealed NDJSON output files of one resource type,
+// split at maxSize bytes. It is used by one goroutine at a time; callers
+// de-duplicate.
 type typeWriter struct {
 	ctx     context.Context
 	blobs   Blobs
@@ -28,7 +28,6 @@ type typeWriter struct {
 	kind    FileKind
 	maxSize int64
 
-	seen   map[string]struct{}
 	cur    BlobWriter
 	curKey string
 	curN   int64
@@ -38,20 +37,7 @@ type typeWriter struct {
 }
 
 func newTypeWriter(ctx context.Context, blobs Blobs, jobID, rtype string, kind FileKind, maxSize int64) *typeWriter {
-	return &typeWriter{ctx: ctx, blobs: blobs, jobID: jobID, rtype: rtype, kind: kind, maxSize: maxSize, seen: map[string]struct{}{}}
-}
-
-// add writes the resource unless a resource with the same id was written;
-// it reports whether it wrote it.
-func (w *typeWriter) add(id string, line []byte) (bool, error) {
-	if _, dup := w.seen[id]; dup {
-		return false, nil
-	}
-	if err := w.writeLine(line); err != nil {
-		return false, err
-	}
-	w.seen[id] = struct{}{}
-	return true, nil
+	return &typeWriter{ctx: ctx, blobs: blobs, jobID: jobID, rtype: rtype, kind: kind, maxSize: maxSize}
 }
 
 // writeLine writes one line, without de-duplication.

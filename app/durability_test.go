@@ -152,3 +152,27 @@ func TestResourceInTwoBatchesExportedOnce(t *testing.T) {
 		t.Fatalf("the two-patient Provenance is exported %d times", n)
 	}
 }
+
+// TestDensitySizedBatches: an export of more than 200 patients counts each
+// type once and sizes its batches; the result is exact and the requests
+// stay within one count probe per type and a few partly filled pages of the
+// minimum (the pages each type needs at the page size).
+func TestDensitySizedBatches(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{Patients: 260}, func(c *config.Config) {
+		c.Export.BatchSize = 1000
+		c.Export.PageSize = 500
+	})
+	types := []string{"Patient", "Observation", "Condition", "Goal"}
+	e.sim.ResetCounters()
+	m, _ := e.export("all", url.Values{"_type": {strings.Join(types, ",")}})
+	e.verify(m, fhirtest.Query{GroupID: "all", Types: types})
+	sized := e.sim.Requests()
+	var minPages int64
+	for _, f := range m.Output {
+		minPages += (f.Count + 499) / 500
+	}
+	t.Logf("%d upstream requests for %d minimum pages", sized, minPages)
+	if sized > minPages+int64(len(types))+8 {
+		t.Errorf("%d requests for %d minimum pages", sized, minPages)
+	}
+}

@@ -54,8 +54,9 @@ type LogConfig struct {
 
 // ExportConfig tunes export jobs.
 type ExportConfig struct {
-	// BatchSize is the number of patients per batched search. Default 200.
-	BatchSize int `yaml:"batch_size" usage:"patients per batched search"`
+	// BatchSize is the most patients one search asks for (searches of more
+	// than 200 patients are sized by density below it). Default 1000.
+	BatchSize int `yaml:"batch_size" usage:"most patients one search asks for (exports of more than 200 patients size batches by density)"`
 	// PageSize is the _count asked of the upstream. Default 1000 (the
 	// upstream may cap it lower; next links are followed either way).
 	PageSize int `yaml:"page_size" usage:"_count asked of the upstream per page"`

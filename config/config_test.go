@@ -32,7 +32,7 @@ func TestDefault(t *testing.T) {
 		DataDir: "./data",
 		Log:     LogConfig{Level: "info", Format: "json"},
 		Export: ExportConfig{
-			BatchSize: 200, PageSize: 1000, MaxURLLength: 2000, Concurrency: 4, MaxJobs: 2,
+			BatchSize: 1000, PageSize: 1000, MaxURLLength: 2000, Concurrency: 4, MaxJobs: 2,
 			MaxFileSize: 256 * 1024 * 1024, Retention: 720 * time.Hour, RetryAfter: 30 * time.Second,
 			MaxActivePerClient: 1, MaxActive: 10, PollThrottle: true,
 		},
@@ -481,7 +481,7 @@ func TestHelpAndBadArgs(t *testing.T) {
 
 func TestUsage(t *testing.T) {
 	u := Usage()
-	for _, want := range []string{"--config FILE", "--export-batch-size N", "default 200", "FBP_EXPORT_BATCH_SIZE",
+	for _, want := range []string{"--config FILE", "--export-batch-size N", "default 1000", "FBP_EXPORT_BATCH_SIZE",
 		"--upstream-response-header-timeout DURATION", "default 256MiB", "default 720h"} {
 		if !strings.Contains(u, want) {
 			t.Errorf("usage lacks %q:\n%s", want, u)

@@ -28,7 +28,7 @@ func Default() Config {
 			Format: "json",
 		},
 		Export: ExportConfig{
-			BatchSize:    200,
+			BatchSize:    1000,
 			PageSize:     1000,
 			MaxURLLength: 2000,
 			Concurrency:  4,

@@ -79,7 +79,8 @@ func (r *jobRun) plan(ctx context.Context) error {
 				continue
 			}
 			param, _ := CompartmentParam(t)
-			us := r.batches(len(units), 0, t, param, members)
+			size := r.batchSize(ctx, t, param, f, members)
+			us := r.batchesOf(len(units), 0, t, param, members, size)
 			for i := range us {
 				us[i].Filter = f
 			}
@@ -131,10 +132,61 @@ func (r *jobRun) historyUnits(ctx context.Context, firstID int) ([]Unit, []strin
 	return units, nil
 }
 
+// Batches are sized by density. One search of many patients wastes at most
+// one partly filled page, so the fewest requests come from the biggest
+// batches; but the pages of one search come one after the other, so a
+// dense type needs several batches to keep the upstream's capacity busy.
+// Exports of more than probeMin patients therefore ask the upstream, once
+// per type, how many resources the whole export has of it (_summary=count)
+// and cut the patients into as many batches as give each about
+// pagesPerUnit pages, at most twice the unit concurrency and never more than
+// BatchSize patients a search.
+const (
+	probeMin     = 200
+	pagesPerUnit = 8
+)
+
+// batchSize returns the number of patients per search for a type.
+func (r *jobRun) batchSize(ctx context.Context, rtype, param, filter string, members []string) int {
+	if len(members) <= probeMin || r.s.listsUnsupported(r.base, rtype) {
+		return r.s.opts.BatchSize
+	}
+	params := url.Values{}
+	if filter != "" {
+		if fq, err := url.ParseQuery(filter); err == nil {
+			params = fq
+		}
+	}
+	params.Set(param, strings.Join(members, ","))
+	params.Set("_summary", "count")
+	params["_lastUpdated"] = r.lastUpdated
+	total := -1
+	err := r.up.Search(ctx, rtype, params, func(p *Page) error { total = p.Total; return nil })
+	if listRejected(err) {
+		// The upstream takes no comma lists for this type: one search per
+		// patient, in enough units to run in parallel.
+		r.s.noLists.Store(r.base+"|"+rtype, true)
+		return (len(members) + 2*r.s.opts.UnitConcurrency - 1) / (2 * r.s.opts.UnitConcurrency)
+	}
+	if err != nil || total < 0 {
+		r.log.Debug().Err(err).Str("type", rtype).Msg("count probe failed; default batches")
+		return r.s.opts.BatchSize
+	}
+	pages := (total + r.s.opts.PageSize - 1) / r.s.opts.PageSize
+	n := min(max((pages+pagesPerUnit-1)/pagesPerUnit, 1), 2*r.s.opts.UnitConcurrency)
+	size := (len(members) + n - 1) / n
+	r.log.Debug().Str("type", rtype).Int("total", total).Int("batches", n).Int("batch_size", size).Msg("sized batches")
+	return min(size, r.s.opts.BatchSize)
+}
+
 // batches cuts values into units of BatchSize, numbered from firstID.
 func (r *jobRun) batches(firstID, round int, rtype, param string, values []string) []Unit {
+	return r.batchesOf(firstID, round, rtype, param, values, r.s.opts.BatchSize)
+}
+
+// batchesOf cuts values into units of size values, numbered from firstID.
+func (r *jobRun) batchesOf(firstID, round int, rtype, param string, values []string, size int) []Unit {
 	var units []Unit
-	size := r.s.opts.BatchSize
 	split := r.s.listsUnsupported(r.base, rtype)
 	for i := 0; i < len(values); i += size {
 		units = append(units, Unit{

@@ -18,7 +18,8 @@ type Options struct {
 	UpstreamFor UpstreamFor
 	Logger      zerolog.Logger
 
-	// BatchSize is the number of patients per batched search (default 200).
+	// BatchSize is the most patients one search asks for (default 1000);
+	// exports of many patients size their batches by density below it.
 	BatchSize int
 	// PageSize is the _count asked of the upstream (default 1000).
 	PageSize int
@@ -97,7 +98,7 @@ func New(o Options) (*Service, error) {
 		return nil, errors.New("exporter: Store, Blobs and UpstreamFor are required")
 	}
 	if o.BatchSize <= 0 {
-		o.BatchSize = 200
+		o.BatchSize = 1000
 	}
 	if o.PageSize <= 0 {
 		o.PageSize = 1000

@@ -245,6 +245,9 @@ func (b *baseRewriter) rewriteBody(resp *http.Response) bool {
 	var r io.Reader
 	switch bodyEncoding(resp.Header) {
 	case "":
+		if resp.ContentLength >= 0 && resp.ContentLength <= maxWholeBody {
+			return b.rewriteWhole(resp)
+		}
 		r = b.Reader(resp.Body)
 	case "gzip":
 		r = newGzipEncoder(b.Reader(&lazyGunzip{src: resp.Body}))

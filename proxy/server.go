@@ -112,7 +112,8 @@ func NewHandler(o Options) http.Handler {
 	}
 	e.GET(base+"/OperationDefinition/:id", h.serveOperationDefinition(o.PassThrough))
 	e.NoRoute(gin.WrapH(o.PassThrough))
-	return e
+	// Requests no route can match skip gin (server_perf.go).
+	return newFastHandler(e, o.PassThrough, h)
 }
 
 // PublicBase returns the absolute public FHIR base for a request.

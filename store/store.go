@@ -108,6 +108,10 @@ func Open(path string, opts Options) (s *Store, err error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
+	// Checkpoints use Batch to share commits between units that save at the
+	// same moment; bbolt's default 10ms wait for company would delay every
+	// page of every unit.
+	db.MaxBatchDelay = time.Millisecond
 	return &Store{db: db, path: path, now: time.Now}, nil
 }
 

@@ -1,11 +1,14 @@
 package exporter
 
 import (
+	"runtime"
+
 	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sync/errgroup"
 	"io"
 	"slices"
 	"time"
@@ -13,6 +16,9 @@ import (
 
 // maxLine bounds one resource line of a part file (64 MiB).
 const maxLine = 64 << 20
+
+// buildConcurrency is how many types are built into files at once.
+func buildConcurrency() int { return max(2, runtime.GOMAXPROCS(0)) }
 
 // refs collects referenced ids by type.
 type refs map[string]map[string]struct{}
@@ -131,29 +137,50 @@ func multiPatient(res []byte, base string) bool {
 // from their resources, and records both.
 func (r *jobRun) sealCompartment(ctx context.Context) error {
 	r.setPhase("sealing compartment files")
-	collect := refs{}
-	var targets []string
-	var files []File
-	for _, t := range r.job.Request.Types {
+	types := r.job.Request.Types
+	// Each type is built on its own (types in parallel, up to the CPUs), into
+	// its own slots; merging them in type order keeps the plan deterministic.
+	slots := make([]struct {
+		files   []File
+		collect refs
+		targets []string
+	}, len(types))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(buildConcurrency())
+	for i, t := range types {
 		if !r.round0(t) {
 			continue
 		}
-		if r.late(t) || r.job.Request.OrganizeBy != "" {
-			// Built at the end; its references count now.
-			if err := r.scanUnits(ctx, t, 0, collect); err != nil {
-				return err
+		slot := &slots[i]
+		slot.collect = refs{}
+		g.Go(func() error {
+			if r.late(t) || r.job.Request.OrganizeBy != "" {
+				// Built at the end; its references count now.
+				return r.scanUnits(gctx, t, 0, slot.collect)
 			}
-			continue
-		}
-		var onAdd func(id string)
-		if r.job.Request.AssociatedProvenance && t != "Provenance" {
-			onAdd = func(id string) { targets = append(targets, t+"/"+id) }
-		}
-		fs, err := r.buildType(ctx, t, func(round int) bool { return round == 0 }, collect, onAdd)
-		if err != nil {
+			var onAdd func(id string)
+			if r.job.Request.AssociatedProvenance && t != "Provenance" {
+				onAdd = func(id string) { slot.targets = append(slot.targets, t+"/"+id) }
+			}
+			fs, err := r.buildType(gctx, t, func(round int) bool { return round == 0 }, slot.collect, onAdd)
+			slot.files = fs
 			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	collect := refs{}
+	var targets []string
+	var files []File
+	for _, slot := range slots {
+		files = append(files, slot.files...)
+		targets = append(targets, slot.targets...)
+		for t, ids := range slot.collect {
+			for id := range ids {
+				collect.add(t, id)
+			}
 		}
-		files = append(files, fs...)
 	}
 	if err := r.planRefs(ctx, collect, 1); err != nil {
 		return err

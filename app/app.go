@@ -51,6 +51,10 @@ type App struct {
 	upMu     sync.Mutex
 	upstream map[string]*upstream.Client
 	limiter  chan struct{}
+	// adaptive, when export.adaptive_concurrency is on, bounds the upstream
+	// requests of all jobs instead of limiter: it raises and lowers the
+	// limit from latency, 429s and Retry-After, up to export.max_concurrency.
+	adaptive *upstream.Adaptive
 	serveErr chan error
 }
 
@@ -73,6 +77,17 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		_ = st.Close()
 		return nil, err
 	}
+	if cfg.Export.AdaptiveConcurrency {
+		a.adaptive, err = upstream.NewAdaptive(upstream.AdaptiveOptions{
+			Max:     max(cfg.Export.MaxConcurrency, cfg.Export.Concurrency),
+			Initial: cfg.Export.Concurrency,
+			RPS:     float64(cfg.Export.MaxRPS),
+			Burst:   max(1, cfg.Export.MaxRPS),
+		})
+		if err != nil {
+			return fail(err)
+		}
+	}
 	bl, err := blobs.NewDir(filepath.Join(cfg.DataDir, "files"))
 	if err != nil {
 		return fail(err)
@@ -94,7 +109,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		Logger:          log,
 		BatchSize:       cfg.Export.BatchSize,
 		PageSize:        cfg.Export.PageSize,
-		UnitConcurrency: cfg.Export.Concurrency,
+		UnitConcurrency: a.unitConcurrency(),
 		MaxJobs:         cfg.Export.MaxJobs,
 		MaxFileSize:     cfg.Export.MaxFileSize,
 		Retention:       cfg.Export.Retention,
@@ -185,6 +200,7 @@ func (a *App) upstreamFor(vars map[string]string) (exporter.Upstream, error) {
 		BaseURL:               base,
 		Client:                hc,
 		Limiter:               a.limiter,
+		Adaptive:              a.adaptive,
 		MaxURLLength:          a.cfg.Export.MaxURLLength,
 		Retries:               a.cfg.UpstreamHTTP.Retries,
 		ResponseHeaderTimeout: a.cfg.UpstreamHTTP.ResponseHeaderTimeout,
@@ -315,7 +331,7 @@ func (a *App) upstreamTransport() *http.Transport {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	d := &net.Dialer{Timeout: a.cfg.UpstreamHTTP.DialTimeout, KeepAlive: 30 * time.Second}
 	tr.DialContext = d.DialContext
-	tr.MaxIdleConnsPerHost = max(a.cfg.Export.Concurrency, 2)
+	tr.MaxIdleConnsPerHost = max(a.unitConcurrency(), 2)
 	tr.MaxIdleConns = max(tr.MaxIdleConns, tr.MaxIdleConnsPerHost)
 	tr.ResponseHeaderTimeout = a.cfg.UpstreamHTTP.ResponseHeaderTimeout
 	tr.TLSHandshakeTimeout = a.cfg.UpstreamHTTP.DialTimeout
@@ -453,4 +469,22 @@ func unbounded(n int) int {
 		return -1
 	}
 	return n
+}
+
+// unitConcurrency is how many work units a job runs at once: enough to use
+// every request slot the (adaptive) limit may grant.
+func (a *App) unitConcurrency() int {
+	if a.cfg.Export.AdaptiveConcurrency {
+		return max(a.cfg.Export.MaxConcurrency, a.cfg.Export.Concurrency)
+	}
+	return a.cfg.Export.Concurrency
+}
+
+// UpstreamConcurrency returns the current limit of upstream requests in
+// flight (the adaptive limit, or the fixed one).
+func (a *App) UpstreamConcurrency() int {
+	if a.adaptive != nil {
+		return a.adaptive.Current()
+	}
+	return a.cfg.Export.Concurrency
 }

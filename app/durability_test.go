@@ -176,3 +176,25 @@ func TestDensitySizedBatches(t *testing.T) {
 		t.Errorf("%d requests for %d minimum pages", sized, minPages)
 	}
 }
+
+// TestAdaptiveConcurrency: with the adaptive limit on, an export against an
+// upstream that serves 4 requests at once and throttles some of them is
+// exact, and the limit stays within its bounds.
+func TestAdaptiveConcurrency(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{Latency: 5 * time.Millisecond, MaxConcurrent: 4,
+		Faults: fhirtest.Faults{ThrottleRate: 0.05, RetryAfter: time.Second}}, func(c *config.Config) {
+		c.Export.AdaptiveConcurrency = true
+		c.Export.Concurrency = 2
+		c.Export.MaxConcurrency = 12
+		c.Export.PageSize = 100
+		c.UpstreamHTTP.Retries = 8
+	})
+	m, _ := e.export("all", url.Values{"_type": {"Patient,Observation,Encounter"}})
+	e.verify(m, fhirtest.Query{GroupID: "all", Types: []string{"Patient", "Observation", "Encounter"}})
+	if c := e.app.UpstreamConcurrency(); c < 1 || c > 12 {
+		t.Fatalf("adaptive limit %d out of [1, 12]", c)
+	}
+	if e.sim.FaultCounts().Throttles == 0 {
+		t.Fatal("no 429 was sent: the test proves nothing")
+	}
+}

@@ -66,6 +66,14 @@ type ExportConfig struct {
 	// Concurrency is the number of upstream requests in flight across all
 	// jobs. Default 4.
 	Concurrency int `yaml:"concurrency" usage:"upstream requests in flight across all jobs"`
+	// AdaptiveConcurrency raises and lowers the upstream requests in flight
+	// from observed latency, 429s and Retry-After (AIMD), starting at
+	// Concurrency and never above MaxConcurrency. Default true.
+	AdaptiveConcurrency bool `yaml:"adaptive_concurrency" usage:"adapt the upstream requests in flight to latency and 429s (AIMD)"`
+	// MaxConcurrency is the hard cap of the adaptive limit. Default 16.
+	MaxConcurrency int `yaml:"max_concurrency" usage:"hard cap of upstream requests in flight when adaptive"`
+	// MaxRPS limits the upstream requests started per second; 0: no limit.
+	MaxRPS int `yaml:"max_rps" usage:"most upstream requests started per second; 0: no limit"`
 	// MaxJobs is the number of jobs that run at once; others wait queued.
 	// Default 2.
 	MaxJobs int `yaml:"max_jobs" usage:"export jobs running at once; others wait queued"`

@@ -32,10 +32,13 @@ func Default() Config {
 			PageSize:     1000,
 			MaxURLLength: 2000,
 			Concurrency:  4,
-			MaxJobs:      2,
-			MaxFileSize:  256 << 20,
-			Retention:    30 * 24 * time.Hour,
-			RetryAfter:   30 * time.Second,
+
+			AdaptiveConcurrency: true,
+			MaxConcurrency:      16,
+			MaxJobs:             2,
+			MaxFileSize:         256 << 20,
+			Retention:           30 * 24 * time.Hour,
+			RetryAfter:          30 * time.Second,
 
 			MaxActivePerClient: 1,
 			MaxActive:          10,

@@ -81,6 +81,7 @@ func (c *Config) Validate() error {
 		{"export.max_url_length", int64(c.Export.MaxURLLength)},
 		{"export.concurrency", int64(c.Export.Concurrency)},
 		{"export.max_jobs", int64(c.Export.MaxJobs)},
+		{"export.max_concurrency", int64(c.Export.MaxConcurrency)},
 		{"export.max_file_size", c.Export.MaxFileSize},
 		{"export.retention", int64(c.Export.Retention)},
 		{"export.retry_after", int64(c.Export.RetryAfter)},
@@ -95,7 +96,7 @@ func (c *Config) Validate() error {
 	for _, n := range []struct {
 		key string
 		v   int
-	}{{"export.max_active_per_client", c.Export.MaxActivePerClient}, {"export.max_active", c.Export.MaxActive}, {"export.max_patients", c.Export.MaxPatients}} {
+	}{{"export.max_active_per_client", c.Export.MaxActivePerClient}, {"export.max_active", c.Export.MaxActive}, {"export.max_patients", c.Export.MaxPatients}, {"export.max_rps", c.Export.MaxRPS}} {
 		if n.v < 0 {
 			add("%s must be >= 0", n.key)
 		}

@@ -143,7 +143,7 @@ func (r *jobRun) historyUnits(ctx context.Context, firstID int) ([]Unit, []strin
 // BatchSize patients a search.
 const (
 	probeMin     = 200
-	pagesPerUnit = 8
+	pagesPerUnit = 12
 )
 
 // batchSize returns the number of patients per search for a type.

@@ -129,7 +129,7 @@ func (c *Client) attempt(ctx context.Context, r *request, decode func(*bodyReade
 	status, latency = resp.StatusCode, time.Since(start)
 	defer resp.Body.Close()
 
-	br := &bodyReader{rc: resp.Body, idle: c.idleTO}
+	br := &bodyReader{rc: resp.Body, idle: c.idleTO, size: resp.ContentLength}
 	if c.idleTO > 0 {
 		br.timer = time.AfterFunc(c.idleTO, func() { cancel(errIdleBody) })
 		defer br.timer.Stop()
@@ -153,6 +153,7 @@ type bodyReader struct {
 	timer *time.Timer // nil: no idle timeout
 	idle  time.Duration
 	err   error
+	size  int64 // Content-Length; -1 when unknown (a hint for readPage)
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {

@@ -106,7 +106,7 @@ func NewPassThrough(o PassThroughOptions) (*PassThrough, error) {
 		p.publicBase = defaultPublicBase(mount)
 	}
 	if p.transport == nil {
-		p.transport = newLeanTransport(NewUpstreamTransport(rht, dial), rht, dial)
+		p.transport = NewUpstreamTransport(rht, dial)
 	}
 	if p.ops == nil {
 		p.ops = DefaultBulkOperations()

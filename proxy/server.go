@@ -113,7 +113,7 @@ func NewHandler(o Options) http.Handler {
 	e.GET(base+"/OperationDefinition/:id", h.serveOperationDefinition(o.PassThrough))
 	e.NoRoute(gin.WrapH(o.PassThrough))
 	// Requests no route can match skip gin (server_perf.go).
-	return newFastHandler(e, o.PassThrough, h)
+	return e
 }
 
 // PublicBase returns the absolute public FHIR base for a request.

@@ -81,4 +81,3 @@ func TestPassThroughStaleUpstreamConn(t *testing.T) {
 		}
 	}
 }
-

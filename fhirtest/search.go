@@ -36,6 +36,7 @@ type criterion struct {
 	def       paramDef
 	missing   int8 // -1: no :missing; 0: :missing=false; 1: :missing=true
 	ids       []string
+	idSet     map[string]bool // ids as a set, for long OR lists
 	tokens    []tokenValue
 	dates     []dateCond
 	refs      []string
@@ -239,10 +240,26 @@ func (c *criterion) needsDoc() bool {
 	return c.def.kind != kID && c.def.kind != kLastUpdated && c.def.kind != kCompartment
 }
 
+// hasID reports whether id is one of the criterion's ids; long OR lists
+// (a batch of a thousand patients) are looked up in a set, as a real
+// server's index would.
+func (c *criterion) hasID(id string) bool {
+	if len(c.ids) <= 8 {
+		return slices.Contains(c.ids, id)
+	}
+	if c.idSet == nil {
+		c.idSet = make(map[string]bool, len(c.ids))
+		for _, v := range c.ids {
+			c.idSet[v] = true
+		}
+	}
+	return c.idSet[id]
+}
+
 func (c *criterion) match(r *resource, doc map[string]any) bool {
 	switch c.def.kind {
 	case kID:
-		return slices.Contains(c.ids, r.id)
+		return c.hasID(r.id)
 	case kLastUpdated:
 		ns := r.lu * int64(time.Millisecond)
 		for _, d := range c.dates {
@@ -252,8 +269,8 @@ func (c *criterion) match(r *resource, doc map[string]any) bool {
 		}
 		return false
 	case kCompartment:
-		for _, id := range c.ids {
-			if slices.Contains(r.patients, id) {
+		for _, p := range r.patients {
+			if c.hasID(p) {
 				return true
 			}
 		}

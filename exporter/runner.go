@@ -148,6 +148,9 @@ type jobRun struct {
 
 	// warnings become OperationOutcome lines of the error file.
 	warnings []string
+	// early builds round-0 types while others are fetched (nil once the
+	// compartment types are sealed).
+	early *earlyBuilds
 
 	mu       sync.Mutex // guards units' progress view and lastSave
 	units    []Unit
@@ -191,6 +194,10 @@ func (s *Service) runJob(ctx context.Context, j *Job, log zerolog.Logger) error 
 
 	// Round 0: compartment searches, then their files.
 	r.setPhase("searching compartment resources")
+	if r.job.Stage != StageSealed {
+		r.early = r.newEarlyBuilds(ctx)
+		defer r.early.stop()
+	}
 	if err := r.runRound(ctx, 0); err != nil {
 		return err
 	}
@@ -235,14 +242,19 @@ func (r *jobRun) runRound(ctx context.Context, round int) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.s.opts.UnitConcurrency)
 	for i := range r.units {
-		if u := &r.units[i]; u.Round != round || u.State != UnitPending {
+		u := &r.units[i]
+		if u.Round != round || u.State != UnitPending {
 			continue
 		}
+		rtype, history := u.Type, u.Param == historyParam
 		g.Go(func() error {
 			if err := r.runUnit(gctx, i); err != nil {
 				return err
 			}
 			r.unitDone(gctx)
+			if round == 0 && !history && r.early != nil {
+				r.early.unitFinished(rtype)
+			}
 			return nil
 		})
 	}

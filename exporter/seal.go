@@ -76,11 +76,17 @@ func (r *jobRun) buildType(ctx context.Context, rtype string, inRound func(int) 
 	defer w.abort()
 	global := newIDSet()
 	allGlobal := len(r.filters(rtype)) > 1 || IsReferencedType(rtype) || rtype == "Provenance"
+	// A copy of the type's done units: other units may be checkpointing.
+	var units []Unit
+	r.mu.Lock()
 	for i := range r.units {
-		u := &r.units[i]
-		if u.Type != rtype || u.State != UnitDone || !inRound(u.Round) || u.Param == historyParam {
-			continue
+		if u := &r.units[i]; u.Type == rtype && u.State == UnitDone && inRound(u.Round) && u.Param != historyParam {
+			units = append(units, *u)
 		}
+	}
+	r.mu.Unlock()
+	for i := range units {
+		u := &units[i]
 		local := newIDSet()
 		err := r.eachLine(ctx, u, func(id string, res []byte) error {
 			if !local.add(id) {
@@ -138,17 +144,25 @@ func multiPatient(res []byte, base string) bool {
 func (r *jobRun) sealCompartment(ctx context.Context) error {
 	r.setPhase("sealing compartment files")
 	types := r.job.Request.Types
-	// Each type is built on its own (types in parallel, up to the CPUs), into
-	// its own slots; merging them in type order keeps the plan deterministic.
-	slots := make([]struct {
-		files   []File
-		collect refs
-		targets []string
-	}, len(types))
+	var early map[string]*typeSlot
+	if r.early != nil {
+		var err error
+		if early, err = r.early.wait(); err != nil {
+			return err
+		}
+	}
+	// Each type not built early is built on its own (types in parallel, up
+	// to the CPUs), into its own slot; merging the slots in type order keeps
+	// the plan deterministic.
+	slots := make([]typeSlot, len(types))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(buildConcurrency())
 	for i, t := range types {
 		if !r.round0(t) {
+			continue
+		}
+		if s, ok := early[t]; ok {
+			slots[i] = *s
 			continue
 		}
 		slot := &slots[i]
@@ -158,13 +172,7 @@ func (r *jobRun) sealCompartment(ctx context.Context) error {
 				// Built at the end; its references count now.
 				return r.scanUnits(gctx, t, 0, slot.collect)
 			}
-			var onAdd func(id string)
-			if r.job.Request.AssociatedProvenance && t != "Provenance" {
-				onAdd = func(id string) { slot.targets = append(slot.targets, t+"/"+id) }
-			}
-			fs, err := r.buildType(gctx, t, func(round int) bool { return round == 0 }, slot.collect, onAdd)
-			slot.files = fs
-			return err
+			return r.buildSlot(gctx, t, slot)
 		})
 	}
 	if err := g.Wait(); err != nil {

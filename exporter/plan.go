@@ -3,6 +3,7 @@ package exporter
 import (
 	"context"
 	"fmt"
+	"golang.org/x/sync/errgroup"
 	"net/url"
 	"strconv"
 	"strings"
@@ -68,24 +69,45 @@ func (r *jobRun) plan(ctx context.Context) error {
 	default:
 		return Errorf(EINVALID, "export level %q is not supported", req.Level)
 	}
-	var units []Unit
+	// Size every (type, filter)'s batches first: the count probes run in
+	// parallel, like the searches after them.
+	type search struct{ t, f string }
+	var searches []search
 	for _, t := range req.Types {
-		if !r.round0(t) {
+		if r.round0(t) {
+			for _, f := range r.filters(t) {
+				searches = append(searches, search{t, f})
+			}
+		}
+	}
+	sizes := make([]int, len(searches))
+	if req.Level != LevelSystem {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(r.s.opts.UnitConcurrency)
+		for i, sr := range searches {
+			g.Go(func() error {
+				param, _ := CompartmentParam(sr.t)
+				sizes[i] = r.batchSize(gctx, sr.t, param, sr.f, members)
+				return nil
+			})
+		}
+		_ = g.Wait()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	var units []Unit
+	for i, sr := range searches {
+		if req.Level == LevelSystem {
+			units = append(units, Unit{ID: len(units), Type: sr.t, Filter: sr.f, State: UnitPending})
 			continue
 		}
-		for _, f := range r.filters(t) {
-			if req.Level == LevelSystem {
-				units = append(units, Unit{ID: len(units), Type: t, Filter: f, State: UnitPending})
-				continue
-			}
-			param, _ := CompartmentParam(t)
-			size := r.batchSize(ctx, t, param, f, members)
-			us := r.batchesOf(len(units), 0, t, param, members, size)
-			for i := range us {
-				us[i].Filter = f
-			}
-			units = append(units, us...)
+		param, _ := CompartmentParam(sr.t)
+		us := r.batchesOf(len(units), 0, sr.t, param, members, sizes[i])
+		for k := range us {
+			us[k].Filter = sr.f
 		}
+		units = append(units, us...)
 	}
 	if req.Since != nil {
 		hist, notes := r.historyUnits(ctx, len(units))

@@ -76,7 +76,7 @@ func TestKillNineDuringExport(t *testing.T) {
 		t.Skip("builds and kills the real binary")
 	}
 	bin := buildBinary(t)
-	sim := fhirtest.New(fhirtest.Options{Patients: 300, Seed: 11, Latency: 15 * time.Millisecond})
+	sim := fhirtest.New(fhirtest.Options{Patients: 300, Seed: 11, Latency: 20 * time.Millisecond})
 	srv := httptest.NewServer(sim.Handler())
 	defer srv.Close()
 	addr := freeAddr(t)
@@ -87,7 +87,9 @@ func TestKillNineDuringExport(t *testing.T) {
 	defer logf.Close()
 	p := &proxyProc{t: t, bin: bin, addr: addr, log: logf, args: []string{"serve",
 		"--listen", addr, "--upstream", srv.URL + "/fhir", "--public-url", "http://" + addr + "/fhir",
-		"--data-dir", t.TempDir(), "--export-page-size", "50", "--export-batch-size", "60", "--log-level", "warn"}}
+		"--data-dir", t.TempDir(), "--export-page-size", "50", "--export-batch-size", "60", "--log-level", "warn",
+		// A steady pace, so that the export lasts through the kills.
+		"--export-adaptive-concurrency=false", "--export-concurrency", "2", "--export-poll-throttle=false"}}
 	p.start()
 	defer p.kill()
 
@@ -168,7 +170,8 @@ func TestSIGTERMMidExportResumes(t *testing.T) {
 	defer logf.Close()
 	p := &proxyProc{t: t, bin: bin, addr: addr, log: logf, args: []string{"serve",
 		"--listen", addr, "--upstream", srv.URL + "/fhir", "--public-url", "http://" + addr + "/fhir",
-		"--data-dir", dataDir, "--export-page-size", "50", "--log-level", "warn"}}
+		"--data-dir", dataDir, "--export-page-size", "50", "--log-level", "warn",
+		"--export-adaptive-concurrency=false", "--export-concurrency", "2", "--export-poll-throttle=false"}}
 	p.start()
 	defer p.kill()
 

@@ -59,7 +59,7 @@ func newEnvLog(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config),
 	cfg.Export.BatchSize = 15
 	cfg.Export.PageSize = 100
 	cfg.UpstreamHTTP.Retries = 2
-	cfg.Export.PollThrottle = false // the test client polls faster than Retry-After
+	cfg.Export.PollThrottle = false        // the test client polls faster than Retry-After
 	cfg.Export.AdaptiveConcurrency = false // tests set the concurrency they need
 	if mod != nil {
 		mod(&cfg)

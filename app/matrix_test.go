@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"slices"
@@ -45,10 +46,11 @@ func TestParametersAtEveryLevel(t *testing.T) {
 	until := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	for _, l := range levels {
 		t.Run(l.name, func(t *testing.T) {
-			// _type, _since, _until, _outputFormat together.
+			// _type, _since, _until, _outputFormat and allowPartialManifests together.
 			types := []string{"Patient", "Encounter", "Practitioner"}
 			m := e.exportAt(l.path, url.Values{"_type": {strings.Join(types, ",")}, "_since": {since.Format(time.RFC3339)},
-				"_until": {until.Format(time.RFC3339)}, "_outputFormat": {"application/ndjson"}})
+				"_until": {until.Format(time.RFC3339)}, "_outputFormat": {"application/ndjson"}, "allowPartialManifests": {"true"}})
+			m = e.allPages(m)
 			q := l.query
 			q.Types, q.Since = types, since
 			e.verify(m, q) // verify sets Until from transactionTime, which _until fixed
@@ -115,6 +117,7 @@ func TestParametersAtEveryLevel(t *testing.T) {
 				{"_elements=" + url.QueryEscape("Observation..code"), 400},
 				{"_type=Observation&_typeFilter=" + url.QueryEscape("Observation?flavour=sweet"), 422},
 				{"includeAssociatedData=_custom", 400},
+				{"allowPartialManifests=perhaps", 400},
 			} {
 				resp, b := e.do("GET", l.path+"?"+bad.query, nil, "")
 				if resp.StatusCode != bad.status {
@@ -132,4 +135,24 @@ func TestParametersAtEveryLevel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// allPages follows a paged manifest's next links and returns one manifest
+// with every page's files.
+func (e *env) allPages(m *bulkclient.Manifest) *bulkclient.Manifest {
+	e.t.Helper()
+	all := *m
+	for next := m.Link; len(next) > 0; {
+		resp, b := e.do("GET", next[0].URL, nil, "")
+		var page bulkclient.Manifest
+		if resp.StatusCode != 200 || json.Unmarshal(b, &page) != nil {
+			e.t.Fatalf("manifest page %s: %d %s", next[0].URL, resp.StatusCode, b)
+		}
+		all.Output = append(all.Output, page.Output...)
+		all.Deleted = append(all.Deleted, page.Deleted...)
+		all.Error = append(all.Error, page.Error...)
+		next = page.Link
+	}
+	all.Link = nil
+	return &all
 }

@@ -136,16 +136,5 @@ func TestAllowPartialManifests(t *testing.T) {
 	if len(final.Output) != len(first.Output) || final.Output[0] != first.Output[0] || len(final.Link) != 1 || final.Link[0].Relation != "next" {
 		t.Fatalf("page 0 changed: %+v then %+v", first, *final)
 	}
-	all := *final
-	for next := final.Link; len(next) > 0; {
-		resp, b := e.do("GET", next[0].URL, nil, "")
-		var page bulkclient.Manifest
-		if resp.StatusCode != 200 || json.Unmarshal(b, &page) != nil {
-			t.Fatalf("manifest page %s: %d %s", next[0].URL, resp.StatusCode, b)
-		}
-		all.Output = append(all.Output, page.Output...)
-		all.Error = append(all.Error, page.Error...)
-		next = page.Link
-	}
-	e.verify(&all, fhirtest.Query{GroupID: "all", Types: types})
+	e.verify(e.allPages(final), fhirtest.Query{GroupID: "all", Types: types})
 }

@@ -250,12 +250,9 @@ func (d *Dir) Open(ctx context.Context, key string) (exporter.Blob, error) {
 	if err != nil {
 		return nil, notFound(key)
 	}
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, notFound(key)
-	}
+	f, err := openExisting(path, key)
 	if err != nil {
-		return nil, fmt.Errorf("blobs: open %s: %w", key, err)
+		return nil, err
 	}
 	fi, err := f.Stat()
 	if err != nil {
@@ -267,6 +264,18 @@ func (d *Dir) Open(ctx context.Context, key string) (exporter.Blob, error) {
 		return nil, notFound(key)
 	}
 	return &File{File: f, size: fi.Size(), modTime: fi.ModTime()}, nil
+}
+
+// openExisting opens path for reading; a missing file is ENOTFOUND.
+func openExisting(path, key string) (*os.File, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, notFound(key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("blobs: open %s: %w", key, err)
+	}
+	return f, nil
 }
 
 func notFound(key string) error {

@@ -109,14 +109,7 @@ func (d *Dir) ReadPart(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, notFound(key)
 	}
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, notFound(key)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("blobs: read part %s: %w", key, err)
-	}
-	return f, nil
+	return openExisting(path, key)
 }
 
 // RemoveParts removes the part files of a job; a missing job is fine.

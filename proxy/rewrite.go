@@ -28,6 +28,11 @@ type ReplacingReader struct {
 	old []byte
 	new []byte
 
+	// bounded makes a match count only when the byte after it ends a URL
+	// prefix (see continuesURL), so that a base "http://h/fhir" is not
+	// found inside "http://h/fhir2" or "http://h/fhir.old".
+	bounded bool
+
 	buf []byte // carry-over followed by freshly read input
 	out []byte // replaced output not yet delivered
 	off int    // read position in out
@@ -38,6 +43,50 @@ type ReplacingReader struct {
 // old replaced by new. The byte slices are copied.
 func NewReplacingReader(src io.Reader, old, new []byte) *ReplacingReader {
 	return &ReplacingReader{src: src, old: bytes.Clone(old), new: bytes.Clone(new)}
+}
+
+// NewBoundedReplacingReader is NewReplacingReader for URL prefixes: an
+// occurrence of old followed by a byte that would continue its last path
+// segment or its host (a letter, digit, or one of -._~%:@+) is left alone.
+func NewBoundedReplacingReader(src io.Reader, old, new []byte) *ReplacingReader {
+	r := NewReplacingReader(src, old, new)
+	r.bounded = true
+	return r
+}
+
+// continuesURL reports whether c, right after a URL prefix, would make it
+// part of a longer segment, host or port rather than the prefix itself.
+func continuesURL(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("-._~%:@+", c) >= 0
+}
+
+// replaceBounded is bytes.ReplaceAll with the boundary rule of
+// NewBoundedReplacingReader, over a complete input.
+func replaceBounded(data, old, new []byte) []byte {
+	var out []byte
+	start := 0
+	for from := 0; ; {
+		i := bytes.Index(data[from:], old)
+		if i < 0 {
+			break
+		}
+		at, end := from+i, from+i+len(old)
+		if end < len(data) && continuesURL(data[end]) {
+			from = at + 1
+			continue
+		}
+		out = append(out, data[start:at]...)
+		out = append(out, new...)
+		start, from = end, end
+	}
+	if out == nil {
+		return data
+	}
+	return append(out, data[start:]...)
 }
 
 // Read implements io.Reader.
@@ -87,7 +136,9 @@ func (r *ReplacingReader) fill() bool {
 }
 
 // process moves r.buf to r.out, replacing matches, and keeps in r.buf the
-// longest suffix that may still start a match (nothing when final).
+// longest suffix that may still start a match (nothing when final). A
+// bounded reader also keeps a complete match at the very end, whose next
+// byte decides whether it counts.
 func (r *ReplacingReader) process(final bool) {
 	data := r.buf
 	for {
@@ -95,13 +146,27 @@ func (r *ReplacingReader) process(final bool) {
 		if i < 0 {
 			break
 		}
+		end := i + len(r.old)
+		if r.bounded {
+			if end == len(data) && !final {
+				break // the next read decides
+			}
+			if end < len(data) && continuesURL(data[end]) {
+				r.out = append(r.out, data[:i+1]...)
+				data = data[i+1:]
+				continue
+			}
+		}
 		r.out = append(r.out, data[:i]...)
 		r.out = append(r.out, r.new...)
-		data = data[i+len(r.old):]
+		data = data[end:]
 	}
 	keep := 0
 	if !final {
 		keep = partialMatch(data, r.old)
+		if r.bounded && bytes.HasSuffix(data, r.old) {
+			keep = len(r.old)
+		}
 	}
 	r.out = append(r.out, data[:len(data)-keep]...)
 	r.buf = r.buf[:copy(r.buf, data[len(data)-keep:])]
@@ -149,7 +214,7 @@ func (b *baseRewriter) String(s string) string {
 	if b == nil {
 		return s
 	}
-	return strings.ReplaceAll(s, b.old, b.new)
+	return string(replaceBounded([]byte(s), []byte(b.old), []byte(b.new)))
 }
 
 // urlHeaders are the response headers that carry URLs of the FHIR base.
@@ -174,9 +239,9 @@ func (b *baseRewriter) Reader(src io.Reader) io.Reader {
 	if b == nil {
 		return src
 	}
-	r := io.Reader(NewReplacingReader(src, []byte(b.old), []byte(b.new)))
+	r := io.Reader(NewBoundedReplacingReader(src, []byte(b.old), []byte(b.new)))
 	if b.escOld != b.old {
-		r = NewReplacingReader(r, []byte(b.escOld), []byte(b.escNew))
+		r = NewBoundedReplacingReader(r, []byte(b.escOld), []byte(b.escNew))
 	}
 	return r
 }

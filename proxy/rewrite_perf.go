@@ -51,9 +51,9 @@ func (b *baseRewriter) rewriteWhole(resp *http.Response) bool {
 	if err == nil {
 		data := buf[:n]
 		if bytes.Contains(data, []byte(b.old)) || (b.escOld != b.old && bytes.Contains(data, []byte(b.escOld))) {
-			data = bytes.ReplaceAll(data, []byte(b.old), []byte(b.new))
+			data = replaceBounded(data, []byte(b.old), []byte(b.new))
 			if b.escOld != b.old {
-				data = bytes.ReplaceAll(data, []byte(b.escOld), []byte(b.escNew))
+				data = replaceBounded(data, []byte(b.escOld), []byte(b.escNew))
 			}
 			resp.ContentLength = int64(len(data))
 			resp.Header.Set("Content-Length", strconv.Itoa(len(data)))

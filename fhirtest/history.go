@@ -3,7 +3,6 @@ package fhirtest
 import (
 	"bytes"
 	"cmp"
-	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -344,26 +343,12 @@ func (s *Server) history(typ, id string, since int64) []histEntry {
 func (s *Server) historyBundle(base string, ents []histEntry, offset, count int, self, token string) []byte {
 	var w jw
 	w.obj()
-	w.ks("resourceType", "Bundle")
-	w.ks("id", rand.Text())
-	w.ko("meta")
-	w.kt("lastUpdated", time.Now().UnixMilli(), layoutInstant)
-	w.end()
-	w.ks("type", "history")
-	w.ki("total", len(ents))
-	w.ka("link")
-	w.obj()
-	w.ks("relation", "self")
-	w.ks("url", self)
-	w.end()
 	end := min(offset+count, len(ents))
+	next := ""
 	if token != "" && end < len(ents) {
-		w.obj()
-		w.ks("relation", "next")
-		w.ks("url", fmt.Sprintf("%s?_getpages=%s&_getpagesoffset=%d&_count=%d&_bundletype=history", base, token, end, count))
-		w.end()
+		next = fmt.Sprintf("%s?_getpages=%s&_getpagesoffset=%d&_count=%d&_bundletype=history", base, token, end, count)
 	}
-	w.endArr()
+	w.bundleHead("history", len(ents), self, next)
 	if end > offset {
 		w.ka("entry")
 		for _, e := range ents[min(offset, end):end] {

@@ -507,28 +507,16 @@ func (p *pageCache) get(token string, ttl time.Duration) *snapshot {
 func (s *Server) pageBundle(base, typ string, res []*resource, offset, count int, self, token string, totalNone, summaryCount bool) []byte {
 	var w jw
 	w.obj()
-	w.ks("resourceType", "Bundle")
-	w.ks("id", rand.Text())
-	w.ko("meta")
-	w.kt("lastUpdated", time.Now().UnixMilli(), layoutInstant)
-	w.end()
-	w.ks("type", "searchset")
+	total := -1
 	if !totalNone || summaryCount {
-		w.ki("total", len(res))
+		total = len(res)
 	}
-	w.ka("link")
-	w.obj()
-	w.ks("relation", "self")
-	w.ks("url", self)
-	w.end()
 	end := min(offset+count, len(res))
+	next := ""
 	if token != "" && end < len(res) {
-		w.obj()
-		w.ks("relation", "next")
-		w.ks("url", fmt.Sprintf("%s?_getpages=%s&_getpagesoffset=%d&_count=%d&_bundletype=searchset", base, token, end, count))
-		w.end()
+		next = fmt.Sprintf("%s?_getpages=%s&_getpagesoffset=%d&_count=%d&_bundletype=searchset", base, token, end, count)
 	}
-	w.endArr()
+	w.bundleHead("searchset", total, self, next)
 	if !summaryCount && (end > offset || s.opts.OutcomeEntries) {
 		w.ka("entry")
 		if s.opts.OutcomeEntries {
@@ -633,4 +621,31 @@ func (s *Server) handlePage(w http.ResponseWriter, r *http.Request, base string,
 	}
 	page := sn.res[min(offset, len(sn.res)):min(offset+count, len(sn.res))]
 	s.writePage(w, r, s.pageBundle(base, sn.typ, sn.res, offset, count, self, token, false, false), pageKey(sn.typ, page), fp, pretty)
+}
+
+// bundleHead writes a Bundle's resourceType, id, meta, type, total (when
+// >= 0) and its self and next links (next when not ""), leaving the object
+// open for the entries.
+func (w *jw) bundleHead(typ string, total int, self, next string) {
+	w.ks("resourceType", "Bundle")
+	w.ks("id", rand.Text())
+	w.ko("meta")
+	w.kt("lastUpdated", time.Now().UnixMilli(), layoutInstant)
+	w.end()
+	w.ks("type", typ)
+	if total >= 0 {
+		w.ki("total", total)
+	}
+	w.ka("link")
+	w.obj()
+	w.ks("relation", "self")
+	w.ks("url", self)
+	w.end()
+	if next != "" {
+		w.obj()
+		w.ks("relation", "next")
+		w.ks("url", next)
+		w.end()
+	}
+	w.endArr()
 }

@@ -61,7 +61,7 @@ func (r *jobRun) buildPatientBlocks(ctx context.Context) ([]File, error) {
 		return nil, err
 	}
 	// Files mix types: they are named output-N and listed without a type.
-	out := &blockFiles{w: newTypeWriter(ctx, r.s.opts.Blobs, r.job.ID, "", KindOutput, r.s.opts.MaxFileSize)}
+	out := &blockFiles{w: newTypeWriter(ctx, r.s.opts.Metrics, r.s.opts.Blobs, r.job.ID, "", KindOutput, r.s.opts.MaxFileSize)}
 	defer out.w.abort()
 
 	// Round-0 units grouped by their batch of patients, in plan order.

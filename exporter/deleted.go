@@ -47,7 +47,7 @@ func deletionBundle(t, id string) ([]byte, error) {
 // found, except resources that the export's searches returned (they exist,
 // so they are in output and never also in deleted).
 func (r *jobRun) buildDeleted(ctx context.Context) ([]File, error) {
-	w := newTypeWriter(ctx, r.s.opts.Blobs, r.job.ID, "Bundle", KindDeleted, r.s.opts.MaxFileSize)
+	w := newTypeWriter(ctx, r.s.opts.Metrics, r.s.opts.Blobs, r.job.ID, "Bundle", KindDeleted, r.s.opts.MaxFileSize)
 	defer w.abort()
 	for _, t := range r.job.Request.Types {
 		deleted := map[string][]byte{}

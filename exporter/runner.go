@@ -65,6 +65,9 @@ const narrowAfter = 2
 // execute runs a claimed job to its end and records the outcome.
 func (s *Service) execute(ctx context.Context, j *Job) {
 	log := s.log.With().Str("job_id", j.ID).Logger()
+	// Code below that logs through zerolog.Ctx (the upstream client's
+	// retries) tags its lines with the job too.
+	ctx = log.WithContext(ctx)
 	start := time.Now()
 	log.Info().Int("attempt", j.Attempts).Msg("export job started")
 	err := s.runJob(ctx, j, log)
@@ -74,6 +77,11 @@ func (s *Service) execute(ctx context.Context, j *Job) {
 	case errors.Is(cause, errDeleted):
 		log.Info().Msg("export job deleted while running")
 		s.purge(bg, j.ID)
+	case errors.Is(cause, errCancelled):
+		log.Info().Msg("export job cancelled by an operator")
+		if derr := s.opts.Blobs.DeleteJob(bg, j.ID); derr != nil {
+			log.Error().Err(derr).Msg("remove files of cancelled job")
+		}
 	case errors.Is(cause, errShutdown) || errors.Is(err, errShutdown):
 		_, terr := s.opts.Store.Transition(bg, j.ID, StateRunning, StateQueued, "interrupted by shutdown", func(j *Job) error {
 			j.WorkerID, j.LeaseUntil = "", time.Time{}
@@ -87,6 +95,10 @@ func (s *Service) execute(ctx context.Context, j *Job) {
 		// The job left the running state under us: it was deleted.
 		if cur, gerr := s.opts.Store.Get(bg, j.ID); gerr == nil && cur.Deleted {
 			s.purge(bg, j.ID)
+		} else if gerr == nil && cur.State == StateCancelled {
+			if derr := s.opts.Blobs.DeleteJob(bg, j.ID); derr != nil {
+				log.Error().Err(derr).Msg("remove files of cancelled job")
+			}
 		}
 	case err != nil:
 		log.Error().Err(err).Msg("export job failed")
@@ -104,7 +116,9 @@ func (s *Service) execute(ctx context.Context, j *Job) {
 		if derr := s.opts.Blobs.DeleteJob(bg, j.ID); derr != nil {
 			log.Error().Err(derr).Msg("remove files of failed job")
 		}
+		s.opts.Metrics.JobFinished(string(StateFailed))
 	default:
+		s.opts.Metrics.JobFinished(string(StateCompleted))
 		log.Info().Dur("took", time.Since(start)).Msg("export job completed")
 	}
 }
@@ -268,6 +282,8 @@ func (r *jobRun) runRound(ctx context.Context, round int) error {
 // The unit is worked on as a copy; checkpoint publishes it to r.units.
 func (r *jobRun) runUnit(ctx context.Context, i int) error {
 	ctx = WithRetryBudget(ctx, int64(r.s.opts.UnitRetryBudget))
+	r.s.opts.Metrics.UnitStarted()
+	defer r.s.opts.Metrics.UnitFinished()
 	r.mu.Lock()
 	unit := r.units[i]
 	r.mu.Unlock()

@@ -72,7 +72,7 @@ func (r *jobRun) eachLine(ctx context.Context, u *Unit, fn func(id string, resou
 // resource of a type with several _typeFilter queries (OR'ed searches
 // overlap). Memory thus follows the unit, not the export.
 func (r *jobRun) buildType(ctx context.Context, rtype string, inRound func(int) bool, collect refs, onAdd func(id string)) ([]File, error) {
-	w := newTypeWriter(ctx, r.s.opts.Blobs, r.job.ID, rtype, KindOutput, r.s.opts.MaxFileSize)
+	w := newTypeWriter(ctx, r.s.opts.Metrics, r.s.opts.Blobs, r.job.ID, rtype, KindOutput, r.s.opts.MaxFileSize)
 	defer w.abort()
 	global := newIDSet()
 	allGlobal := len(r.filters(rtype)) > 1 || IsReferencedType(rtype) || rtype == "Provenance"
@@ -345,7 +345,7 @@ func (r *jobRun) complete(ctx context.Context) error {
 		return &Error{Kind: EUPSTREAM, Message: fmt.Sprintf("%d of %d searches failed: %s", len(failed), len(r.units), failed[0].Error)}
 	}
 	if len(r.job.Request.Ignored) > 0 || len(failed) > 0 || len(r.warnings) > 0 {
-		w := newTypeWriter(ctx, r.s.opts.Blobs, r.job.ID, "OperationOutcome", KindError, 0)
+		w := newTypeWriter(ctx, r.s.opts.Metrics, r.s.opts.Blobs, r.job.ID, "OperationOutcome", KindError, 0)
 		defer w.abort()
 		for _, msg := range r.job.Request.Ignored {
 			if err := w.writeLine(outcomeLine("warning", "not-supported", msg)); err != nil {

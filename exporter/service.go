@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/metrics"
 	"github.com/rs/zerolog"
 )
 
@@ -17,6 +18,8 @@ type Options struct {
 	Blobs       Blobs
 	UpstreamFor UpstreamFor
 	Logger      zerolog.Logger
+	// Metrics receives the jobs' instruments (nil: none).
+	Metrics *metrics.Metrics
 
 	// BatchSize is the most patients one search asks for (default 1000);
 	// exports of many patients size their batches by density below it.
@@ -82,8 +85,9 @@ type Service struct {
 }
 
 type run struct {
-	cancel context.CancelCauseFunc
-	done   chan struct{}
+	cancel   context.CancelCauseFunc
+	done     chan struct{}
+	counters *runCounters
 }
 
 // errShutdown is the cancel cause of runs stopped by Service.Stop.
@@ -409,7 +413,8 @@ func (s *Service) launch(dispatchCtx context.Context, j *Job) {
 	// Runs outlive the dispatcher: Stop ends the dispatcher at once and the
 	// runs at their next page boundary.
 	ctx, cancel := context.WithCancelCause(context.WithoutCancel(dispatchCtx))
-	r := &run{cancel: cancel, done: make(chan struct{})}
+	r := &run{cancel: cancel, done: make(chan struct{}), counters: &runCounters{since: s.opts.Now()}}
+	ctx = context.WithValue(ctx, countersKey{}, r.counters)
 	s.mu.Lock()
 	s.running[j.ID] = r
 	s.mu.Unlock()

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/metrics"
 )
 
 // NewID returns a random identifier of 128 bits as 32 hex digits, for jobs
@@ -28,6 +30,7 @@ type typeWriter struct {
 	kind    FileKind
 	maxSize int64
 
+	m      *metrics.Metrics
 	cur    BlobWriter
 	curKey string
 	curN   int64
@@ -36,8 +39,8 @@ type typeWriter struct {
 	sealed []File
 }
 
-func newTypeWriter(ctx context.Context, blobs Blobs, jobID, rtype string, kind FileKind, maxSize int64) *typeWriter {
-	return &typeWriter{ctx: ctx, blobs: blobs, jobID: jobID, rtype: rtype, kind: kind, maxSize: maxSize}
+func newTypeWriter(ctx context.Context, m *metrics.Metrics, blobs Blobs, jobID, rtype string, kind FileKind, maxSize int64) *typeWriter {
+	return &typeWriter{ctx: ctx, m: m, blobs: blobs, jobID: jobID, rtype: rtype, kind: kind, maxSize: maxSize}
 }
 
 // writeLine writes one line, without de-duplication.
@@ -80,6 +83,13 @@ func (w *typeWriter) sealCurrent() error {
 		_ = w.cur.Abort()
 		w.cur = nil
 		return fmt.Errorf("seal %s: %w", w.curKey, err)
+	}
+	if w.kind == KindOutput {
+		label := w.rtype
+		if label == "" {
+			label = "mixed" // organizeOutputBy blocks
+		}
+		w.m.Written(label, w.curN, size)
 	}
 	w.sealed = append(w.sealed, File{
 		ID: NewID(), JobID: w.jobID, Kind: w.kind, Type: w.rtype,

@@ -469,3 +469,17 @@ func put(tx *bolt.Tx, j *exporter.Job) error {
 	}
 	return tx.Bucket(bucketJobs).Put([]byte(j.ID), v)
 }
+
+// Ping checks that the database is open and readable: a read transaction
+// that looks at the jobs bucket.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketJobs) == nil {
+			return errors.New("the jobs bucket is missing")
+		}
+		return nil
+	})
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/metrics"
 )
 
 // Defaults applied to zero-valued Options fields.
@@ -95,6 +96,8 @@ type Options struct {
 	// answer invalidates them and the request is sent once more. See
 	// Credentials, StaticBearer, NewClientSecret and NewBackendServices.
 	Credentials Credentials
+	// Metrics receives per-attempt counters and latencies (nil: none).
+	Metrics *metrics.Metrics
 	// Adaptive, when not nil, bounds the requests in flight instead of
 	// Limiter and Concurrency: an AIMD limit that follows the upstream's
 	// answers (see Adaptive). It may be shared by several Clients.
@@ -119,6 +122,7 @@ type Client struct {
 	hc       *http.Client
 	sem      chan struct{}
 	adaptive *Adaptive // nil: sem bounds the requests
+	metrics  *metrics.Metrics
 	header   http.Header
 	secrets  []string // header values to scrub from error excerpts
 	log      zerolog.Logger
@@ -179,6 +183,7 @@ func New(o Options) (*Client, error) {
 	}
 
 	c.adaptive = o.Adaptive
+	c.metrics = o.Metrics
 	if o.Adaptive != nil {
 		c.sem = make(chan struct{}, o.Adaptive.Max())
 	} else if o.Limiter != nil {
@@ -330,6 +335,7 @@ func (c *Client) Read(ctx context.Context, resourceType, id string) ([]byte, err
 		method: http.MethodGet,
 		url:    c.baseStr + "/" + url.PathEscape(resourceType) + "/" + url.PathEscape(id),
 		what:   "read " + resourceType + "/" + id,
+		rtype:  resourceType,
 		read:   true,
 	}
 	var out []byte
@@ -366,6 +372,7 @@ func (c *Client) Capabilities(ctx context.Context) (*exporter.Capabilities, erro
 		method: http.MethodGet,
 		url:    c.baseStr + "/metadata",
 		what:   "capabilities",
+		rtype:  "metadata",
 	}
 	var caps *exporter.Capabilities
 	err := c.do(ctx, r, func(body *bodyReader) error {

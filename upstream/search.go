@@ -44,6 +44,7 @@ func (c *Client) Search(ctx context.Context, resourceType string, params url.Val
 		method: http.MethodGet,
 		url:    c.baseStr + "/" + resourceType,
 		what:   "search " + resourceType,
+		rtype:  resourceType,
 	}
 	if enc != "" {
 		r.url += "?" + enc
@@ -66,7 +67,7 @@ func (c *Client) History(ctx context.Context, resourceType string, params url.Va
 	if fn == nil {
 		return exporter.Errorf(exporter.EINTERNAL, "upstream history without a page function")
 	}
-	r := &request{method: http.MethodGet, url: c.baseStr + "/" + resourceType + "/_history", what: "history " + resourceType}
+	r := &request{method: http.MethodGet, url: c.baseStr + "/" + resourceType + "/_history", what: "history " + resourceType, rtype: resourceType}
 	if enc := params.Encode(); enc != "" {
 		r.url += "?" + enc
 	}
@@ -87,7 +88,7 @@ func (c *Client) SearchNext(ctx context.Context, resourceType, next string, fn f
 	if err != nil {
 		return err
 	}
-	r := &request{method: http.MethodGet, url: nextURL, what: "search " + resourceType + " (resumed)"}
+	r := &request{method: http.MethodGet, url: nextURL, what: "search " + resourceType + " (resumed)", rtype: resourceType}
 	return c.follow(ctx, r, resourceType, 1, fn)
 }
 
@@ -133,6 +134,7 @@ func (c *Client) follow(ctx context.Context, r *request, resourceType string, n 
 			method: http.MethodGet,
 			url:    nextURL,
 			what:   "search " + resourceType + " (page " + strconv.Itoa(n+1) + ")",
+			rtype:  resourceType,
 		}
 	}
 }

@@ -1,6 +1,8 @@
 package upstream
 
 import (
+	"github.com/rs/zerolog"
+
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -26,6 +28,7 @@ type request struct {
 	url    string // absolute
 	form   string // body of a POST, application/x-www-form-urlencoded
 	what   string // for messages: "search Patient", "read Patient/1"
+	rtype  string // resource type (or "metadata"), the metrics' label
 	read   bool   // 404 and 410 mean ENOTFOUND
 }
 
@@ -53,13 +56,15 @@ func (c *Client) do(ctx context.Context, r *request, decode func(*bodyReader) er
 		if wait < 0 {
 			wait = c.backoff(attempt)
 		}
-		c.log.Warn().Str("request", r.what).Str("method", r.method).
+		c.logger(ctx).Warn().Str("request", r.what).Str("method", r.method).
 			Int("attempt", attempt+1).Int("retries", c.retries).
 			Dur("wait", wait).Err(f.err).Msg("upstream request failed; retrying")
 		if !sleep(ctx, wait) {
 			return ctxErr(ctx, r.what)
 		}
 		c.retried.Add(1)
+		c.metrics.UpstreamRetry(r.rtype)
+		exporter.ObserveRetry(ctx)
 	}
 }
 
@@ -124,9 +129,16 @@ func (c *Client) attempt(ctx context.Context, r *request, decode func(*bodyReade
 		hdrTimer.Stop()
 	}
 	if err != nil {
-		return c.transportErr(ctx, rctx, r, err)
+		f := c.transportErr(ctx, rctx, r, err)
+		if ctx.Err() == nil {
+			c.metrics.UpstreamRequest(r.rtype, 0, 0)
+			exporter.ObserveRequest(ctx, 0)
+		}
+		return f
 	}
 	status, latency = resp.StatusCode, time.Since(start)
+	c.metrics.UpstreamRequest(r.rtype, status, latency)
+	exporter.ObserveRequest(ctx, status)
 	defer resp.Body.Close()
 
 	br := &bodyReader{rc: resp.Body, idle: c.idleTO, size: resp.ContentLength}
@@ -396,4 +408,13 @@ func effectivePort(u *url.URL) string {
 		return "443"
 	}
 	return ""
+}
+
+// logger is the logger of ctx (an export job's, which tags lines with the
+// job id) or else the client's own.
+func (c *Client) logger(ctx context.Context) *zerolog.Logger {
+	if l := zerolog.Ctx(ctx); l.GetLevel() != zerolog.Disabled {
+		return l
+	}
+	return &c.log
 }

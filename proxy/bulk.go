@@ -174,6 +174,17 @@ func (h *handlers) status(c *gin.Context) {
 			msg = "export failed"
 		}
 		WriteOutcome(w, http.StatusInternalServerError, fhir.IssueTypeException, msg)
+	case exporter.StateCancelled:
+		// Cancelled by an operator (a client's DELETE removes the job:
+		// visibleJob answers 404 for it).
+		if h.polls != nil {
+			h.polls.forget(job.ID)
+		}
+		msg := job.Message
+		if msg == "" {
+			msg = exporter.CancelledMessage
+		}
+		WriteOutcome(w, http.StatusInternalServerError, fhir.IssueTypeException, msg)
 	default:
 		WriteOutcome(w, http.StatusNotFound, fhir.IssueTypeNotFound, "no such export job")
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/auth"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/metrics"
 	"github.com/gin-gonic/gin"
 	"github.com/rs/zerolog"
 	"github.com/samply/golang-fhir-models/fhir-models/fhir"
@@ -39,6 +40,21 @@ type Options struct {
 	// Default DefaultMaxBodyBytes. Pass-through bodies are not limited.
 	MaxBodyBytes int64
 	Logger       zerolog.Logger
+	// Metrics counts the requests the proxy answers and the pass-through's
+	// (nil: none).
+	Metrics *metrics.Metrics
+	// Routes are extra routes outside the FHIR base, answered by the proxy
+	// and never passed through: health, /metrics, /admin.
+	Routes []Route
+}
+
+// Route is an extra route of the handler. A Pattern ending in "/*" also
+// matches everything below it.
+type Route struct {
+	Pattern string
+	Handler http.Handler
+	// Quiet logs the route's requests at debug level (probes, scrapes).
+	Quiet bool
 }
 
 type handlers struct {
@@ -51,6 +67,8 @@ type handlers struct {
 	maxBody             int64
 	polls               *pollTracker // nil: no poll throttling
 	log                 zerolog.Logger
+	metrics             *metrics.Metrics
+	quiet               map[string]bool // route patterns logged at debug level
 }
 
 // NewHandler returns the proxy's HTTP handler: bulk routes under the mount,
@@ -60,6 +78,7 @@ func NewHandler(o Options) http.Handler {
 		svc: o.Service, mount: o.Mount, publicURL: strings.TrimRight(o.PublicURL, "/"),
 		retryAfterMax: o.RetryAfterMax, requiresAccessToken: o.RequiresAccessToken || o.Auth != nil,
 		sec: newSecurity(o.Auth), maxBody: o.MaxBodyBytes, log: o.Logger,
+		metrics: o.Metrics, quiet: map[string]bool{},
 	}
 	if h.maxBody <= 0 {
 		h.maxBody = DefaultMaxBodyBytes
@@ -111,8 +130,18 @@ func NewHandler(o Options) http.Handler {
 		}
 	}
 	e.GET(base+"/OperationDefinition/:id", h.serveOperationDefinition(o.PassThrough))
+	for _, rt := range o.Routes {
+		pattern := rt.Pattern
+		if prefix, ok := strings.CutSuffix(pattern, "/*"); ok {
+			e.Any(prefix, gin.WrapH(rt.Handler))
+			pattern = prefix + "/*rest"
+		}
+		e.Any(pattern, gin.WrapH(rt.Handler))
+		if rt.Quiet {
+			h.quiet[pattern] = true
+		}
+	}
 	e.NoRoute(gin.WrapH(o.PassThrough))
-	// Requests no route can match skip gin (server_perf.go).
 	return e
 }
 
@@ -136,9 +165,10 @@ func PublicBase(template string, m *Mount, r *http.Request, vars map[string]stri
 }
 
 func (h *handlers) logError(c *gin.Context, err error, what string) {
-	ev := h.log.Warn()
+	log := zerolog.Ctx(c.Request.Context())
+	ev := log.Warn()
 	if exporter.ErrorKind(err) == exporter.EINTERNAL {
-		ev = h.log.Error()
+		ev = log.Error()
 	}
 	ev.Err(err).Str("path", c.Request.URL.Path).Msg(what + " failed")
 }
@@ -150,7 +180,7 @@ func (h *handlers) recover(c *gin.Context) {
 			if v == http.ErrAbortHandler {
 				panic(v)
 			}
-			h.log.Error().Interface("panic", v).Str("path", c.Request.URL.Path).Msg("handler panicked")
+			zerolog.Ctx(c.Request.Context()).Error().Interface("panic", v).Str("path", c.Request.URL.Path).Msg("handler panicked")
 			if !c.Writer.Written() {
 				WriteOutcome(c.Writer, http.StatusInternalServerError, fhir.IssueTypeException, "internal error")
 			}
@@ -160,19 +190,42 @@ func (h *handlers) recover(c *gin.Context) {
 	c.Next()
 }
 
-// accessLog writes one line per request: method, path, status, size,
-// duration and, once authenticated, the client id. Headers (which carry
-// bearer tokens), query strings (which may carry access_token) and bodies
-// (token requests carry client assertions) are never logged.
+// accessLog writes one line per request: request id, method, path,
+// status, size, duration and, once authenticated, the client id. Headers
+// (which carry bearer tokens), query strings (which may carry access_token)
+// and bodies (token requests carry client assertions) are never logged.
+//
+// The request id is the client's X-Request-Id when it is a sane token, or
+// a new one; it is echoed in the response, passed to the upstream by the
+// pass-through, and carried by the request context's logger, so every line
+// a request causes can be found by it.
 func (h *handlers) accessLog(c *gin.Context) {
 	start := time.Now()
+	id := c.GetHeader(RequestIDHeader)
+	if !ValidRequestID(id) {
+		id = NewRequestID()
+		c.Request.Header.Set(RequestIDHeader, id)
+	}
+	c.Header(RequestIDHeader, id)
+	log := h.log.With().Str("request_id", id).Logger()
+	c.Request = c.Request.WithContext(log.WithContext(c.Request.Context()))
 	c.Next()
-	ev := h.log.Info().
-		Str("method", c.Request.Method).
+	took := time.Since(start)
+	route, status := c.FullPath(), c.Writer.Status()
+	if route == "" {
+		h.metrics.PassThrough(c.Request.Method, status, took)
+	} else {
+		h.metrics.Request(route, status)
+	}
+	ev := log.Info()
+	if h.quiet[route] {
+		ev = log.Debug()
+	}
+	ev = ev.Str("method", c.Request.Method).
 		Str("path", c.Request.URL.Path).
-		Int("status", c.Writer.Status()).
+		Int("status", status).
 		Int("bytes", c.Writer.Size()).
-		Dur("took", time.Since(start))
+		Dur("took", took)
 	if id, ok := auth.FromContext(c.Request.Context()); ok {
 		ev = ev.Str("client_id", id.ClientID)
 	}

@@ -42,14 +42,37 @@ type Config struct {
 	TLS TLSConfig `yaml:"tls"`
 	// Limits bound what clients may send.
 	Limits LimitsConfig `yaml:"limits"`
+	// Admin configures the operator surface: /metrics, /admin and health.
+	Admin AdminConfig `yaml:"admin"`
+}
+
+// AdminConfig configures /metrics, the operator page and admin API under
+// /admin, and the health endpoints /healthz and /readyz.
+type AdminConfig struct {
+	// Listen, when set, serves /metrics, /admin, /healthz and /readyz on
+	// this separate address (bind it to an internal interface); the main
+	// listener then serves only /healthz and /readyz of them. Empty: all on
+	// the main listener.
+	Listen string `yaml:"listen" usage:"separate address for /metrics, /admin and health; empty: the main listener"`
+	// Token guards /admin and /metrics (Authorization: Bearer, or the
+	// operator page's login form). On the main listener /admin is off while
+	// it is empty; on a separate admin listener it may be empty.
+	Token Secret `yaml:"token" usage:"bearer token for /admin and /metrics; without it /admin is off on the main listener"`
+	// MetricsToken, when false, serves /metrics without the token (for
+	// scrapers on a trusted network). Default true.
+	MetricsToken bool `yaml:"metrics_token" usage:"require admin.token for /metrics when admin.token is set"`
+	// ReadyTimeout bounds the upstream check of /readyz. Default 2s.
+	ReadyTimeout time.Duration `yaml:"ready_timeout" usage:"how long /readyz waits for the upstream"`
 }
 
 // LogConfig configures zerolog.
 type LogConfig struct {
 	// Level is trace, debug, info, warn or error. Default "info".
 	Level string `yaml:"level" usage:"log level: trace, debug, info, warn or error"`
-	// Format is json or console. Default "json".
-	Format string `yaml:"format" usage:"log format: json or console"`
+	// Format is json, console (coloured lines for humans) or auto
+	// (console when standard error is a terminal, else json). Default
+	// "auto".
+	Format string `yaml:"format" usage:"log format: json, console, or auto (console on a terminal)"`
 }
 
 // ExportConfig tunes export jobs.

@@ -30,7 +30,7 @@ func TestDefault(t *testing.T) {
 	want := Config{
 		Listen:  ":8080",
 		DataDir: "./data",
-		Log:     LogConfig{Level: "info", Format: "json"},
+		Log:     LogConfig{Level: "info", Format: "auto"},
 		Export: ExportConfig{
 			BatchSize: 1000, PageSize: 1000, MaxURLLength: 2000, Concurrency: 4, MaxJobs: 2,
 			MaxFileSize: 256 * 1024 * 1024, Retention: 720 * time.Hour, RetryAfter: 30 * time.Second,
@@ -42,6 +42,7 @@ func TestDefault(t *testing.T) {
 		UpstreamAuth: UpstreamAuthConfig{Mode: "none"},
 		Limits: LimitsConfig{MaxBodyBytes: 1 << 20, MaxHeaderBytes: 64 << 10,
 			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second},
+		Admin: AdminConfig{MetricsToken: true, ReadyTimeout: 2 * time.Second},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Default() = %+v, want %+v", c, want)
@@ -87,6 +88,10 @@ func TestOptionNames(t *testing.T) {
 		"upstream_http.ca_file":                 {"FBP_UPSTREAM_HTTP_CA_FILE", "upstream-ca-file"},
 		"auth.mode":                             {"FBP_AUTH_MODE", "auth-mode"},
 		"auth.issuer":                           {"FBP_AUTH_ISSUER", "auth-issuer"},
+		"admin.listen":                          {"FBP_ADMIN_LISTEN", "admin-listen"},
+		"admin.token":                           {"FBP_ADMIN_TOKEN", "admin-token"},
+		"admin.metrics_token":                   {"FBP_ADMIN_METRICS_TOKEN", "admin-metrics-token"},
+		"admin.ready_timeout":                   {"FBP_ADMIN_READY_TIMEOUT", "admin-ready-timeout"},
 		"auth.audience":                         {"FBP_AUTH_AUDIENCE", "auth-audience"},
 		"auth.jwks_url":                         {"FBP_AUTH_JWKS_URL", "auth-jwks-url"},
 		"auth.introspection_url":                {"FBP_AUTH_INTROSPECTION_URL", "auth-introspection-url"},

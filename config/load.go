@@ -25,7 +25,7 @@ func Default() Config {
 		DataDir: "./data",
 		Log: LogConfig{
 			Level:  "info",
-			Format: "json",
+			Format: "auto",
 		},
 		Export: ExportConfig{
 			BatchSize:    1000,
@@ -57,6 +57,7 @@ func Default() Config {
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       120 * time.Second,
 		},
+		Admin: AdminConfig{MetricsToken: true, ReadyTimeout: 2 * time.Second},
 	}
 }
 

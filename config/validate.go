@@ -13,7 +13,7 @@ import (
 // LogLevels and LogFormats are the accepted values of log.level and log.format.
 var (
 	LogLevels  = []string{"trace", "debug", "info", "warn", "error"}
-	LogFormats = []string{"json", "console"}
+	LogFormats = []string{"json", "console", "auto"}
 )
 
 var (
@@ -103,6 +103,15 @@ func (c *Config) Validate() error {
 	}
 	if c.UpstreamHTTP.Retries < 0 {
 		add("upstream_http.retries must be >= 0")
+	}
+	if c.Admin.ReadyTimeout <= 0 {
+		add("admin.ready_timeout must be > 0")
+	}
+	if t := string(c.Admin.Token); t != "" && len(t) < 16 {
+		add("admin.token must be at least 16 characters")
+	}
+	if c.Admin.Listen != "" && c.Admin.Listen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
+		add("admin.listen must differ from listen (leave it empty to serve admin routes on the main listener)")
 	}
 	errs = append(errs, c.validateSecurity()...)
 	return errors.Join(errs...)

@@ -33,7 +33,7 @@ func (s RunStats) RequestRate(now time.Time) float64 {
 }
 
 type runCounters struct {
-	since                                 time.Time
+	since                                time.Time
 	requests, errors, throttled, retries atomic.Int64
 }
 

@@ -108,7 +108,8 @@ func sortParams(ps []kickoffParam) {
 }
 
 // parseParameters reads a FHIR Parameters resource. Each parameter's value
-// is taken from its value[x] (string-like types) or valueReference.
+// is taken from its value[x] (string-like types), valueBoolean or
+// valueReference.
 func parseParameters(body []byte) ([]kickoffParam, error) {
 	var res struct {
 		ResourceType string                       `json:"resourceType"`
@@ -137,6 +138,12 @@ func parseParameters(body []byte) ([]kickoffParam, error) {
 				}
 				if json.Unmarshal(raw, &ref) == nil {
 					value, ok = ref.Reference, true
+				}
+			} else if k == "valueBoolean" {
+				// allowPartialManifests is a boolean in the IG.
+				var b bool
+				if json.Unmarshal(raw, &b) == nil {
+					value, ok = strconv.FormatBool(b), true
 				}
 			} else if json.Unmarshal(raw, &value) == nil {
 				ok = true

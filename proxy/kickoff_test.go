@@ -152,6 +152,14 @@ func TestKickoffNewParameters(t *testing.T) {
 	if err != nil || strings.Join(req.Patients, ",") != "1,2" {
 		t.Fatalf("patients %v %v", req.Patients, err)
 	}
+	// allowPartialManifests is a valueBoolean in the IG.
+	for _, v := range []string{"true", "false"} {
+		post = `{"resourceType":"Parameters","parameter":[{"name":"patient","valueReference":{"reference":"Patient/1"}},{"name":"allowPartialManifests","valueBoolean":` + v + `}]}`
+		req, err = kickoffFrom(t, "POST", "/x", post, http.Header{"Content-Type": {"application/fhir+json"}})
+		if err != nil || req.PartialManifests != (v == "true") {
+			t.Errorf("allowPartialManifests valueBoolean %s: %v %v", v, req.PartialManifests, err)
+		}
+	}
 	for _, bad := range []string{
 		"_typeFilter=Observation",                                  // no query
 		"_typeFilter=Observation%3F_include%3DObservation:subject", // forbidden

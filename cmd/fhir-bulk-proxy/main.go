@@ -37,6 +37,7 @@ Usage:
   fhir-bulk-proxy sim [--listen ADDR] [--patients N] [--seed S]   run the synthetic FHIR upstream
   fhir-bulk-proxy demo [--exit]                                    start sim and proxy, run one verified Group export
   fhir-bulk-proxy bench [--quick] [--json]                         measure the proxy against the upstream's limit (BENCHMARKS.md)
+  fhir-bulk-proxy export --base URL (--group ID|--patients|--system|--status URL) --out DIR   Bulk Data client (export --help)
   fhir-bulk-proxy version
 `
 
@@ -62,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = demo(ctx, args[1:], stdout, stderr)
 	case "bench":
 		err = benchCmd(ctx, args[1:], stdout, stderr)
+	case "export":
+		return exportCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return 0

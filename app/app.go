@@ -25,9 +25,11 @@ import (
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/blobs"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/config"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/metrics"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/proxy"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/store"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/upstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -56,6 +58,15 @@ type App struct {
 	// limit from latency, 429s and Retry-After, up to export.max_concurrency.
 	adaptive *upstream.Adaptive
 	serveErr chan error
+
+	registry *prometheus.Registry
+	metrics  *metrics.Metrics
+	disk     *metrics.DirSize
+	// admin serves the operator surface on admin.listen (nil: on the main
+	// listener).
+	admin    *http.Server
+	adminLn  net.Listener
+	adminErr chan error
 }
 
 // New opens the store and builds every part. It does not listen yet. The
@@ -77,6 +88,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		_ = st.Close()
 		return nil, err
 	}
+	a.newMetrics()
 	if cfg.Export.AdaptiveConcurrency {
 		a.adaptive, err = upstream.NewAdaptive(upstream.AdaptiveOptions{
 			Max:     max(cfg.Export.MaxConcurrency, cfg.Export.Concurrency),
@@ -107,6 +119,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		Blobs:           bl,
 		UpstreamFor:     a.upstreamFor,
 		Logger:          log,
+		Metrics:         a.metrics,
 		BatchSize:       cfg.Export.BatchSize,
 		PageSize:        cfg.Export.PageSize,
 		UnitConcurrency: a.unitConcurrency(),
@@ -122,6 +135,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 	if err != nil {
 		return fail(err)
 	}
+	a.registerGauges()
 	mount, err := proxy.ParseMount(cfg.BasePath)
 	if err != nil {
 		return fail(err)
@@ -148,6 +162,10 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 	if err != nil {
 		return fail(err)
 	}
+	routes, adminMux, err := a.operatorRoutes()
+	if err != nil {
+		return fail(err)
+	}
 	handler := proxy.NewHandler(proxy.Options{
 		Service:             a.service,
 		PassThrough:         pt,
@@ -159,6 +177,8 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		Auth:                authOpts,
 		MaxBodyBytes:        cfg.Limits.MaxBodyBytes,
 		Logger:              log,
+		Metrics:             a.metrics,
+		Routes:              routes,
 	})
 	a.server = &http.Server{
 		Handler:           handler,
@@ -168,6 +188,15 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		// TLS handshake errors and the like, at debug level: they carry
 		// no request data.
 		ErrorLog: stdlog.New(debugWriter{log}, "", 0),
+	}
+	if adminMux != nil {
+		a.admin = &http.Server{
+			Handler:           adminAccessLog(adminMux, log),
+			ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout,
+			IdleTimeout:       cfg.Limits.IdleTimeout,
+			MaxHeaderBytes:    int(min(cfg.Limits.MaxHeaderBytes, 1<<30)),
+			ErrorLog:          stdlog.New(debugWriter{log}, "", 0),
+		}
 	}
 	if cfg.TLSEnabled() {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
@@ -207,6 +236,7 @@ func (a *App) upstreamFor(vars map[string]string) (exporter.Upstream, error) {
 		DialTimeout:           a.cfg.UpstreamHTTP.DialTimeout,
 		Credentials:           a.creds,
 		Logger:                a.log,
+		Metrics:               a.metrics,
 	})
 	if err != nil {
 		return nil, err
@@ -236,9 +266,29 @@ func (a *App) Start(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w", a.cfg.Listen, err)
 	}
 	a.ln = ln
+	if a.admin != nil {
+		if a.adminLn, err = net.Listen("tcp", a.cfg.Admin.Listen); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("listen on admin.listen %s: %w", a.cfg.Admin.Listen, err)
+		}
+	}
 	if err := a.service.Start(ctx); err != nil {
 		_ = ln.Close()
+		if a.adminLn != nil {
+			_ = a.adminLn.Close()
+		}
 		return err
+	}
+	if a.adminLn != nil {
+		a.adminErr = make(chan error, 1)
+		go func() {
+			err := a.admin.Serve(a.adminLn)
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			a.adminErr <- err
+		}()
+		a.log.Info().Str("listen", a.adminLn.Addr().String()).Msg("admin listener serving /metrics, /admin, /healthz and /readyz")
 	}
 	a.serveErr = make(chan error, 1)
 	go func() {
@@ -264,6 +314,18 @@ func (a *App) Start(ctx context.Context) error {
 // Addr returns the address the server listens on (after Start).
 func (a *App) Addr() string { return a.ln.Addr().String() }
 
+// AdminURL returns the root URL of the admin listener, "" when admin
+// routes are on the main listener (after Start).
+func (a *App) AdminURL() string {
+	if a.adminLn == nil {
+		return ""
+	}
+	return "http://" + a.adminLn.Addr().String()
+}
+
+// Registry returns the Prometheus registry of the proxy's metrics.
+func (a *App) Registry() *prometheus.Registry { return a.registry }
+
 // Done yields the server's result if it stops by itself.
 func (a *App) Done() <-chan error { return a.serveErr }
 
@@ -279,6 +341,11 @@ func (a *App) Shutdown(ctx context.Context) error {
 	if a.ln != nil {
 		if err := a.server.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+		}
+	}
+	if a.adminLn != nil {
+		if err := a.admin.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("admin http shutdown: %w", err))
 		}
 	}
 	if err := a.store.Close(); err != nil {

@@ -71,6 +71,9 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg.BasePath = "/fhir"
 	cfg.DataDir = dir
 	cfg.Export.PollThrottle = false
+	// The operator page and metrics on a loopback-only listener, which
+	// needs no token.
+	cfg.Admin.Listen = "127.0.0.1:0"
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -89,7 +92,8 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}()
 	proxyBase := "http://" + a.Addr() + "/fhir"
 	fmt.Fprintf(stdout, "synthetic upstream: %s (%d patients, seed %d)\n", simBase, len(sim.PatientIDs()), o.Seed)
-	fmt.Fprintf(stdout, "proxy:              %s (data in %s)\n\n", proxyBase, dir)
+	fmt.Fprintf(stdout, "proxy:              %s (data in %s)\n", proxyBase, dir)
+	fmt.Fprintf(stdout, "operator page:      %s/admin/  (metrics: %s/metrics)\n\n", a.AdminURL(), a.AdminURL())
 
 	verr := runDemoExport(ctx, stdout, sim, proxyBase, *group)
 	if *exit {
@@ -100,6 +104,8 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "\nThe proxy keeps serving at %s; try:\n", proxyBase)
 	fmt.Fprintf(stdout, "  curl -si -H 'Prefer: respond-async' '%s/Group/%s/$export?_type=Patient,Condition'\n", proxyBase, *group)
+	fmt.Fprintf(stdout, "  go run ./cmd/fhir-bulk-proxy export --base %s --group %s --out ./export\n", proxyBase, *group)
+	fmt.Fprintf(stdout, "and watch it on the operator page: %s/admin/\n", a.AdminURL())
 	fmt.Fprintf(stdout, "Press Ctrl-C to stop.\n")
 	select {
 	case <-ctx.Done():

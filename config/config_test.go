@@ -461,6 +461,10 @@ func TestValidatePlaceholders(t *testing.T) {
 		{"placeholder in host", "http://{tenant}.u/fhir", "", "/r4/{tenant}", "only allowed in the path", ""},
 		{"relative upstream", "u/fhir", "", "", "absolute http or https", ""},
 		{"upstream query", "http://u/fhir?x=1", "", "", "query", ""},
+		{"reserved admin", "http://u/fhir", "", "/admin/fhir", "must not start with /admin", ""},
+		{"reserved metrics", "http://u/fhir", "", "/metrics", "must not start with /metrics", ""},
+		{"reserved healthz", "http://u/fhir", "https://p/healthz", "", "must not start with /healthz", ""},
+		{"prefix of reserved is fine", "http://u/fhir", "", "/administration", "", "/administration"},
 	} {
 		c := Default()
 		c.Upstream, c.PublicURL, c.BasePath = tc.upstream, tc.public, tc.base

@@ -10,6 +10,10 @@ import (
 	"strings"
 )
 
+// ReservedPaths are the root paths of the operator surface (health,
+// metrics, admin), which the FHIR base must not use.
+var ReservedPaths = []string{"/healthz", "/readyz", "/metrics", "/admin"}
+
 // LogLevels and LogFormats are the accepted values of log.level and log.format.
 var (
 	LogLevels  = []string{"trace", "debug", "info", "warn", "error"}
@@ -52,6 +56,12 @@ func (c *Config) Validate() error {
 	names, err := basePathPlaceholders(c.BasePath)
 	if err != nil {
 		errs = append(errs, err)
+	}
+	// The operator routes sit at the root, outside the FHIR base.
+	for _, reserved := range ReservedPaths {
+		if first, _, _ := strings.Cut(strings.TrimPrefix(c.BasePath, "/"), "/"); "/"+first == reserved {
+			add("base_path %q must not start with %s: the proxy serves it itself", c.BasePath, reserved)
+		}
 	}
 
 	if c.Upstream == "" {

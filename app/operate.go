@@ -110,11 +110,12 @@ func (a *App) operatorRoutes() (mainRoutes []proxy.Route, adminMux *http.ServeMu
 // access log: one line each, with the request id; probes and scrapes at
 // debug level.
 func adminAccessLog(next http.Handler, log zerolog.Logger) http.Handler {
+	ids := proxy.NewRequestIDs()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := r.Header.Get(proxy.RequestIDHeader)
 		if !proxy.ValidRequestID(id) {
-			id = proxy.NewRequestID()
+			id = ids.Next()
 		}
 		w.Header().Set(proxy.RequestIDHeader, id)
 		l := log.With().Str("request_id", id).Str("listener", "admin").Logger()

@@ -11,23 +11,27 @@ import (
 // by the proxy, in requests and responses.
 const RequestIDHeader = "X-Request-Id"
 
-// requestIDPrefix makes ids unique across processes; requestSeq within one.
-var (
-	requestIDPrefix = func() string {
-		var b [6]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			panic("crypto/rand failed: " + err.Error())
-		}
-		return hex.EncodeToString(b[:])
-	}()
-	requestSeq atomic.Uint64
-)
+// RequestIDs makes up request ids: a random prefix drawn once and a
+// counter, cheaper than random bytes per request (ids are for correlating
+// log lines, not secrets). It is safe for concurrent use.
+type RequestIDs struct {
+	prefix string
+	seq    atomic.Uint64
+}
 
-// NewRequestID returns a process-unique request id: a random prefix drawn
-// at start and a counter (cheaper than random bytes per request; ids are
-// for correlation, not secrets).
-func NewRequestID() string {
-	return requestIDPrefix + "-" + strconv.FormatUint(requestSeq.Add(1), 36)
+// NewRequestIDs returns a generator with a fresh random prefix, so that
+// ids of different generators and processes do not collide.
+func NewRequestIDs() *RequestIDs {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return &RequestIDs{prefix: hex.EncodeToString(b[:])}
+}
+
+// Next returns a new id.
+func (g *RequestIDs) Next() string {
+	return g.prefix + "-" + strconv.FormatUint(g.seq.Add(1), 36)
 }
 
 // ValidRequestID accepts ids of 1 to 128 characters from a conservative

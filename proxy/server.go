@@ -69,6 +69,7 @@ type handlers struct {
 	log                 zerolog.Logger
 	metrics             *metrics.Metrics
 	quiet               map[string]bool // route patterns logged at debug level
+	ids                 *RequestIDs
 }
 
 // NewHandler returns the proxy's HTTP handler: bulk routes under the mount,
@@ -78,7 +79,7 @@ func NewHandler(o Options) http.Handler {
 		svc: o.Service, mount: o.Mount, publicURL: strings.TrimRight(o.PublicURL, "/"),
 		retryAfterMax: o.RetryAfterMax, requiresAccessToken: o.RequiresAccessToken || o.Auth != nil,
 		sec: newSecurity(o.Auth), maxBody: o.MaxBodyBytes, log: o.Logger,
-		metrics: o.Metrics, quiet: map[string]bool{},
+		metrics: o.Metrics, quiet: map[string]bool{}, ids: NewRequestIDs(),
 	}
 	if h.maxBody <= 0 {
 		h.maxBody = DefaultMaxBodyBytes
@@ -203,7 +204,7 @@ func (h *handlers) accessLog(c *gin.Context) {
 	start := time.Now()
 	id := c.GetHeader(RequestIDHeader)
 	if !ValidRequestID(id) {
-		id = NewRequestID()
+		id = h.ids.Next()
 		c.Request.Header.Set(RequestIDHeader, id)
 	}
 	c.Header(RequestIDHeader, id)

@@ -234,8 +234,9 @@ type tokenResponse struct {
 // reused) and scope. It grants the intersection of the requested scopes with
 // the client's allowed scopes and answers 200 {access_token, token_type
 // "bearer", expires_in, scope}. Errors are RFC 6749 JSON {error,
-// error_description}: invalid_request (400), invalid_client (401; every
-// client authentication failure, as SMART requires), unauthorized_client
+// error_description}: invalid_request (400), invalid_client (401 for a
+// failed client authentication; 400 for a missing or unknown
+// client_assertion_type), unauthorized_client
 // (400), unsupported_grant_type (400), invalid_scope (400). All responses
 // carry Cache-Control: no-store.
 func (s *Server) TokenHandler() http.Handler {
@@ -289,12 +290,16 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) (resp *toke
 	default:
 		return nil, "", &oauthError{http.StatusBadRequest, "unsupported_grant_type", "only client_credentials is supported"}
 	}
+	// A missing or unknown assertion type is a malformed request, not a
+	// failed authentication: 400 (RFC 6749 section 5.2 allows it when no
+	// Authorization header was used; Inferno's Backend Services tests
+	// require it).
 	switch form.Get("client_assertion_type") {
 	case assertionTypeJWTBearer:
 	case "":
-		return nil, "", errInvalidClient("client_assertion_type is required (private_key_jwt)")
+		return nil, "", &oauthError{http.StatusBadRequest, "invalid_client", "client_assertion_type is required (private_key_jwt)"}
 	default:
-		return nil, "", errInvalidClient("client_assertion_type must be " + assertionTypeJWTBearer)
+		return nil, "", &oauthError{http.StatusBadRequest, "invalid_client", "client_assertion_type must be " + assertionTypeJWTBearer}
 	}
 	assertion := form.Get("client_assertion")
 	if assertion == "" {

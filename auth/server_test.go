@@ -225,8 +225,8 @@ func TestServerNegativeMatrix(t *testing.T) {
 			v := e.form(rs(nil), "system/*.read")
 			v.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:saml2-bearer")
 			return v
-		}(), 401, "invalid_client"},
-		{"missing assertion type", func() url.Values { v := e.form(rs(nil), "system/*.read"); v.Del("client_assertion_type"); return v }(), 401, "invalid_client"},
+		}(), 400, "invalid_client"},
+		{"missing assertion type", func() url.Values { v := e.form(rs(nil), "system/*.read"); v.Del("client_assertion_type"); return v }(), 400, "invalid_client"},
 		{"repeated parameter", func() url.Values { v := e.form(rs(nil), "system/*.read"); v.Add("scope", "x"); return v }(), 400, "invalid_request"},
 		{"unknown client", e.form(sign(jwt.SigningMethodRS384, e.rsaKey, "rs1", e.claims("nobody", nil)), "system/*.read"), 401, "invalid_client"},
 		{"iss != sub", e.form(rs(func(c jwt.MapClaims) { c["sub"] = "limited" }), "system/*.read"), 401, "invalid_client"},

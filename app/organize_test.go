@@ -15,7 +15,9 @@ import (
 
 func TestOrganizeOutputByPatient(t *testing.T) {
 	e := newEnv(t, fhirtest.Options{}, nil)
-	types := []string{"Patient", "Condition", "Encounter", "Observation", "Practitioner", "Organization", "Location"}
+	// Patient is not first: blocks still start with it (the IG's resource
+	// block is the header, then the resource it names, then the others).
+	types := []string{"Condition", "Encounter", "Patient", "Observation", "Practitioner", "Organization", "Location"}
 	for _, level := range []string{"/Group/half/$export", "/Patient/$export"} {
 		m := e.exportAt(level, url.Values{"_type": {strings.Join(types, ",")}, "organizeOutputBy": {"Patient"}})
 		if m.OutputOrganizedBy != "Patient" {
@@ -35,7 +37,7 @@ func TestOrganizeOutputByPatient(t *testing.T) {
 			}
 			var patient string
 			var count int64
-			first := true
+			first, afterHeader := true, false
 			err := e.client.Download(context.Background(), f.URL, func(line []byte) error {
 				var head struct {
 					ResourceType, ID string
@@ -50,12 +52,16 @@ func TestOrganizeOutputByPatient(t *testing.T) {
 				if head.ResourceType == "Parameters" && len(head.Parameter) == 1 && head.Parameter[0].Name == "header" {
 					patient = strings.TrimPrefix(head.Parameter[0].ValueReference.Reference, "Patient/")
 					blocks++
-					first = false
+					first, afterHeader = false, true
 					return nil
 				}
 				if first {
 					t.Fatalf("%s does not start with a header: %s", f.URL, line)
 				}
+				if afterHeader && (head.ResourceType != "Patient" || head.ID != patient) {
+					t.Errorf("the block of Patient/%s starts with %s/%s, not the Patient", patient, head.ResourceType, head.ID)
+				}
+				afterHeader = false
 				count++
 				switch {
 				case head.ResourceType == "Patient":

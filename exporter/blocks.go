@@ -20,6 +20,23 @@ func blockHeader(patient string) []byte {
 	return fmt.Appendf(nil, `{"resourceType":"Parameters","parameter":[{"name":"header","valueReference":{"reference":"Patient/%s"}}]}`, patient)
 }
 
+// blockTypeOrder is the order of types in a patient block: the Patient
+// right after the header (the IG's resource block: the header, "followed by
+// the resource referenced in this header and resources that reference" it),
+// then the other types as requested.
+func blockTypeOrder(types []string) []string {
+	out := make([]string, 0, len(types))
+	if slices.Contains(types, "Patient") {
+		out = append(out, "Patient")
+	}
+	for _, t := range types {
+		if t != "Patient" {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // blockFiles writes blocks into sealed files, starting a new file only
 // between blocks.
 type blockFiles struct {
@@ -174,7 +191,7 @@ func (r *jobRun) writeBatchBlocks(ctx context.Context, batch []*Unit, referenced
 		lines := [][]byte{blockHeader(p)}
 		var n int64
 		var queue [][]byte
-		for _, t := range r.job.Request.Types {
+		for _, t := range blockTypeOrder(r.job.Request.Types) {
 			for _, l := range byType[t] {
 				lines = append(lines, l)
 				queue = append(queue, l)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -42,6 +43,20 @@ var filterForbidden = map[string]bool{
 // Parameters body.
 type kickoffParam struct {
 	name, value string
+	// unreadable is set for a Parameters entry whose value[x] has a type
+	// the kick-off cannot read (a valueCoding, say): an error for a known
+	// parameter, an unknown parameter otherwise.
+	unreadable bool
+}
+
+// knownParam reports whether name is a kick-off parameter the proxy reads.
+func knownParam(name string) bool {
+	switch name {
+	case "_type", "_since", "_until", "_outputFormat", "_format", "_elements", "_typeFilter",
+		"patient", "includeAssociatedData", "organizeOutputBy", "allowPartialManifests":
+		return true
+	}
+	return false
 }
 
 // preferences are the Prefer header tokens a kick-off honours.
@@ -77,7 +92,7 @@ func readKickoffParams(r *http.Request) ([]kickoffParam, error) {
 	}
 	for name, values := range q {
 		for _, v := range values {
-			params = append(params, kickoffParam{name, v})
+			params = append(params, kickoffParam{name: name, value: v})
 		}
 	}
 	if r.Method != http.MethodPost {
@@ -108,8 +123,9 @@ func sortParams(ps []kickoffParam) {
 }
 
 // parseParameters reads a FHIR Parameters resource. Each parameter's value
-// is taken from its value[x] (string-like types), valueBoolean or
-// valueReference.
+// is taken from its value[x]: string-like types, numbers and booleans as
+// their text, valueReference as its reference. Other value types are
+// marked unreadable (parseKickoff decides).
 func parseParameters(body []byte) ([]kickoffParam, error) {
 	var res struct {
 		ResourceType string                       `json:"resourceType"`
@@ -139,22 +155,34 @@ func parseParameters(body []byte) ([]kickoffParam, error) {
 				if json.Unmarshal(raw, &ref) == nil {
 					value, ok = ref.Reference, true
 				}
-			} else if k == "valueBoolean" {
-				// allowPartialManifests is a boolean in the IG.
-				var b bool
-				if json.Unmarshal(raw, &b) == nil {
-					value, ok = strconv.FormatBool(b), true
-				}
-			} else if json.Unmarshal(raw, &value) == nil {
-				ok = true
+			} else {
+				value, ok = scalarText(raw)
 			}
 		}
-		if !ok {
-			return nil, invalid(name, fmt.Sprintf("parameter %s has no value of a supported type", name))
-		}
-		out = append(out, kickoffParam{name, value})
+		out = append(out, kickoffParam{name: name, value: value, unreadable: !ok})
 	}
 	return out, nil
+}
+
+// scalarText returns the text of a JSON string, number or boolean
+// (allowPartialManifests is a valueBoolean; custom parameters may be
+// valueInteger or valueDecimal); false for anything else.
+func scalarText(raw json.RawMessage) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil {
+		return "", false
+	}
+	switch v := v.(type) {
+	case string:
+		return v, true
+	case json.Number:
+		return v.String(), true
+	case bool:
+		return strconv.FormatBool(v), true
+	}
+	return "", false
 }
 
 func invalid(param, msg string) *exporter.Error {
@@ -185,6 +213,10 @@ func parseKickoff(level exporter.Level, params []kickoffParam, prefs preferences
 	for _, p := range params {
 		var err error
 		switch {
+		case p.unreadable && knownParam(p.name):
+			return req, invalid(p.name, fmt.Sprintf("parameter %s has no value of a supported type", p.name))
+		case p.unreadable:
+			err = ignore(p.name, fmt.Sprintf("unknown parameter %s", p.name))
 		case p.name == "_type":
 			seen["_type"] = true
 			err = parseTypes(&req, p.value, ignore)

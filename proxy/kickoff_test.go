@@ -152,6 +152,22 @@ func TestKickoffNewParameters(t *testing.T) {
 	if err != nil || strings.Join(req.Patients, ",") != "1,2" {
 		t.Fatalf("patients %v %v", req.Patients, err)
 	}
+	// Custom parameters may have numeric values: lenient ignores them as
+	// unknown; strict refuses them as unknown, not as unreadable.
+	post = `{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"Patient"},{"name":"maxItems","valueInteger":10},{"name":"ratio","valueDecimal":1.5},{"name":"coded","valueCoding":{"code":"x"}}]}`
+	req, err = kickoffFrom(t, "POST", "/x", post, http.Header{"Content-Type": {"application/fhir+json"}, "Prefer": {"respond-async, handling=lenient"}})
+	if err != nil || len(req.Ignored) != 3 || strings.Join(req.Types, ",") != "Patient" {
+		t.Errorf("lenient numeric and coded custom parameters: %v %q", err, req.Ignored)
+	}
+	if _, err = kickoffFrom(t, "POST", "/x", post, http.Header{"Content-Type": {"application/fhir+json"}}); err == nil || !strings.Contains(err.Error(), "unknown parameter") {
+		t.Errorf("strict numeric custom parameter: %v", err)
+	}
+	// A known parameter with a value it cannot read is an error even when
+	// lenient.
+	post = `{"resourceType":"Parameters","parameter":[{"name":"_since","valueCoding":{"code":"x"}}]}`
+	if _, err = kickoffFrom(t, "POST", "/x", post, http.Header{"Content-Type": {"application/fhir+json"}, "Prefer": {"handling=lenient"}}); exporter.ErrorKind(err) != exporter.EINVALID {
+		t.Errorf("_since as a valueCoding: %v", err)
+	}
 	// allowPartialManifests is a valueBoolean in the IG.
 	for _, v := range []string{"true", "false"} {
 		post = `{"resourceType":"Parameters","parameter":[{"name":"patient","valueReference":{"reference":"Patient/1"}},{"name":"allowPartialManifests","valueBoolean":` + v + `}]}`

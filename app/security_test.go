@@ -472,6 +472,31 @@ func TestExternalAuth(t *testing.T) {
 	expectOutcome(t, "smart-configuration without token_url", resp, body, 404, "not-found")
 }
 
+// With tenant placeholders in the mount, an external authorization
+// server's discovery document is still served at the host's root (its
+// token URL is the same for every tenant); the built-in server's is not.
+func TestSmartConfigurationAtTheRootWithTenants(t *testing.T) {
+	ti := newTestIssuer(t)
+	tenants := func(c *config.Config) {
+		c.BasePath = "/r4/{tenant}"
+		c.Upstream = strings.Replace(c.Upstream, "/tenants/acme/fhir", "/tenants/{tenant}/fhir", 1)
+	}
+	e := newEnv(t, fhirtest.Options{BasePath: "/tenants/acme/fhir"}, func(c *config.Config) {
+		tenants(c)
+		c.Auth.Mode = config.AuthSMARTExternal
+		c.Auth.Issuer = ti.iss
+		c.Auth.Audience = "https://bulk.example/r4"
+		c.Auth.JWKSURL = ti.srv.URL + "/jwks.json"
+		c.Auth.TokenURL = ti.token
+	})
+	for _, u := range []string{e.app.URL() + "/.well-known/smart-configuration", e.app.URL() + "/r4/acme/.well-known/smart-configuration"} {
+		resp, body := e.do("GET", u, nil, "")
+		if resp.StatusCode != 200 || !bytes.Contains(body, []byte(`"token_endpoint":"`+ti.token+`"`)) {
+			t.Errorf("%s: %d %s", u, resp.StatusCode, body)
+		}
+	}
+}
+
 func TestUpstreamClientSecretCredentials(t *testing.T) {
 	const lifetime = 2 * time.Second
 	var (

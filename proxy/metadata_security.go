@@ -28,16 +28,9 @@ const maxMetadataBuffer = 16 << 20
 // upstream declared). Other security content is kept. A statement without
 // rest gets one rest entry in server mode.
 func AddSMARTSecurity(cs map[string]any, tokenURL string) {
-	rests, _ := cs["rest"].([]any)
-	if len(rests) == 0 {
-		rests = []any{map[string]any{"mode": "server"}}
-		cs["rest"] = rests
-	}
-	rest, ok := rests[0].(map[string]any)
-	if !ok {
-		rest = map[string]any{"mode": "server"}
-		rests[0] = rest
-	}
+	// The server-mode rest entry, where the bulk operations are declared
+	// too (clients look for the oauth-uris there).
+	rest := serverRest(cs)
 	sec, _ := rest["security"].(map[string]any)
 	if sec == nil {
 		sec = map[string]any{}

@@ -33,6 +33,20 @@ func TestAddSMARTSecurity(t *testing.T) {
 		t.Errorf("oauth-uris = %v", oauth)
 	}
 
+	// With a client-mode rest entry first, SMART goes to the server one.
+	var two map[string]any
+	if err := json.Unmarshal([]byte(`{"resourceType":"CapabilityStatement","rest":[{"mode":"client"},{"mode":"server"}]}`), &two); err != nil {
+		t.Fatal(err)
+	}
+	AddSMARTSecurity(two, "https://proxy/fhir/auth/token")
+	rests := two["rest"].([]any)
+	if _, ok := rests[0].(map[string]any)["security"]; ok {
+		t.Error("security added to the client-mode rest entry")
+	}
+	if _, ok := rests[1].(map[string]any)["security"]; !ok {
+		t.Error("no security on the server-mode rest entry")
+	}
+
 	bare := map[string]any{"resourceType": "CapabilityStatement"}
 	AddSMARTSecurity(bare, "")
 	sec = bare["rest"].([]any)[0].(map[string]any)["security"].(map[string]any)

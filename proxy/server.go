@@ -120,7 +120,11 @@ func NewHandler(o Options) http.Handler {
 	if h.sec.on {
 		e.GET(base+SmartConfigurationPath, h.smartConfiguration(false))
 		e.HEAD(base+SmartConfigurationPath, h.smartConfiguration(false))
-		if base != "" && len(o.Mount.Vars()) == 0 {
+		// At the host's root too, where some clients (the reference
+		// bulk-data-client) look first: always for an external server,
+		// whose token URL is the same for every tenant; for the built-in
+		// one only without placeholders (its token URL is per tenant).
+		if base != "" && (len(o.Mount.Vars()) == 0 || h.sec.builtin == nil) {
 			e.GET(SmartConfigurationPath, h.smartConfiguration(true))
 			e.HEAD(SmartConfigurationPath, h.smartConfiguration(true))
 		}

@@ -260,7 +260,7 @@ func (s *Server) genPatients(n int, sz sharedSizes) {
 	var wg sync.WaitGroup
 	for range max(1, min(runtime.GOMAXPROCS(0), (n+chunk-1)/chunk)) {
 		wg.Go(func() {
-			g := &patientGen{seed: s.opts.Seed, sz: sz, backing: &backing}
+			g := &patientGen{seed: s.opts.Seed, sz: sz, backing: &backing, urls: s.opts.AttachmentURLs}
 			for {
 				start := int(next.Add(chunk)) - chunk
 				if start >= n {

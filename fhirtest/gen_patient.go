@@ -89,6 +89,9 @@ type patientGen struct {
 	encs        []encInfo
 	labs, conds []string
 	teams       []string
+	// urls: DocumentReference attachments point to Binary/doc-{id}
+	// (Options.AttachmentURLs) instead of carrying their data.
+	urls bool
 }
 
 func (g *patientGen) reset(i int, base counts) {
@@ -420,8 +423,12 @@ func (g *patientGen) documentReferences() {
 		w.obj()
 		w.ko("attachment")
 		w.ks("contentType", "text/plain")
-		note := dt.display + " for patient " + g.pid + ". Patient is doing well."
-		w.ks("data", base64.StdEncoding.EncodeToString([]byte(note)))
+		if g.urls {
+			w.ks("url", "Binary/"+binaryID(id))
+		} else {
+			note := dt.display + " for patient " + g.pid + ". Patient is doing well."
+			w.ks("data", base64.StdEncoding.EncodeToString([]byte(note)))
+		}
 		w.ks("title", dt.display)
 		w.end()
 		w.end()

@@ -94,6 +94,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	typ := segs[0]
+	if typ == "Binary" && s.opts.AttachmentURLs && len(segs) == 2 {
+		if allowMethod(w, r, pretty, http.MethodGet) {
+			s.handleBinary(w, segs[1], pretty)
+		}
+		return
+	}
 	if strings.HasPrefix(typ, "$") || len(segs) > 1 && strings.HasPrefix(segs[len(segs)-1], "$") {
 		writeError(w, badRequest("Operation %s is not supported by this server", segs[len(segs)-1]), pretty)
 		return

@@ -105,6 +105,11 @@ type Options struct {
 	// without history support does, and leaves the history interactions
 	// out of the CapabilityStatement.
 	NoHistory bool
+	// AttachmentURLs makes DocumentReference attachments point to
+	// Binary/doc-{id} on this server (relative URLs, as HAPI writes them)
+	// instead of carrying their data, and serves GET Binary/{id} with the
+	// raw content (BinaryContent), behind Authorize like everything else.
+	AttachmentURLs bool
 }
 
 func (o Options) withDefaults() Options {

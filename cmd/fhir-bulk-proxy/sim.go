@@ -24,6 +24,7 @@ func simFlags(fs *flag.FlagSet, o *fhirtest.Options) {
 	fs.BoolVar(&o.NoORLists, "no-or-lists", false, "answer 400 to comma OR lists")
 	fs.Float64Var(&o.ErrorRate, "error-rate", 0, "share of searches answered 500")
 	fs.Float64Var(&o.ThrottleRate, "throttle-rate", 0, "share of searches answered 429 with Retry-After")
+	fs.BoolVar(&o.AttachmentURLs, "attachment-urls", false, "DocumentReference attachments as Binary/{id} URLs (served raw) instead of inline data")
 }
 
 func sim(ctx context.Context, args []string, stdout, stderr io.Writer) error {

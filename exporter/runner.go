@@ -160,6 +160,10 @@ type jobRun struct {
 	elements         map[string]map[string]bool
 	upstreamElements string
 
+	// attachments rewrites Attachment.url values naming the upstream's
+	// Binary resources to the proxy's attachment route (attachments.go).
+	attachments *attachmentRewriter
+
 	// warnings become OperationOutcome lines of the error file.
 	warnings []string
 	// early builds round-0 types while others are fetched (nil once the
@@ -178,6 +182,7 @@ func (s *Service) runJob(ctx context.Context, j *Job, log zerolog.Logger) error 
 		return err
 	}
 	r := &jobRun{s: s, job: j, up: up, log: log, base: up.BaseURL(), wanted: map[string]bool{}}
+	r.attachments = newAttachmentRewriter(r.base, j.Request.BaseURL, j.ID)
 	r.lastUpdated = []string{"le" + j.TransactionTime.UTC().Format(instantFormat)}
 	if j.Request.Since != nil {
 		r.lastUpdated = append(r.lastUpdated, "gt"+j.Request.Since.UTC().Format(instantFormat))
@@ -354,6 +359,7 @@ func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *i
 			if e.ResourceType != u.Type || (e.Mode != "match" && e.Mode != "") || !ValidID(e.ID) {
 				continue
 			}
+			e.Resource = r.attachments.rewrite(e.Resource)
 			if keep := r.elements[u.Type]; keep != nil {
 				sub, err := subsetResource(e.Resource, keep)
 				if err != nil {

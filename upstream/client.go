@@ -410,3 +410,38 @@ func clip(s string, n int) string {
 	}
 	return s[:n] + "..."
 }
+
+var _ exporter.AttachmentFetcher = (*Client)(nil)
+
+// FetchRaw sends GET {base}/{rel} with the client's credentials and the
+// given Accept header ("*/*" when empty) and returns the response with
+// its body unread, for a caller that streams it on (attachments). rel must
+// be a relative path such as "Binary/1"; the request is not retried and
+// takes no concurrency slot (it is a client's download, not export work).
+// A transport failure is EUNAVAILABLE or ETIMEOUT.
+func (c *Client) FetchRaw(ctx context.Context, rel, accept string) (*http.Response, error) {
+	if !exporter.ValidAttachmentPath(rel) {
+		return nil, exporter.Errorf(exporter.EINVALID, "invalid attachment path %q", clip(rel, 80))
+	}
+	r := &request{method: http.MethodGet, url: c.baseStr + "/" + rel, what: "read " + rel, rtype: "Binary"}
+	req, err := http.NewRequestWithContext(ctx, r.method, r.url, nil)
+	if err != nil {
+		return nil, &exporter.Error{Kind: exporter.EINTERNAL, Message: "cannot build the upstream request for " + r.what, Err: redactErr(err)}
+	}
+	for k, vs := range c.header {
+		req.Header[k] = append([]string(nil), vs...)
+	}
+	if accept == "" {
+		accept = "*/*"
+	}
+	req.Header.Set("Accept", accept)
+	c.requests.Add(1)
+	start := time.Now()
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		c.metrics.UpstreamRequest(r.rtype, 0, 0)
+		return nil, c.transportErr(ctx, ctx, r, err).err
+	}
+	c.metrics.UpstreamRequest(r.rtype, resp.StatusCode, time.Since(start))
+	return resp, nil
+}

@@ -333,6 +333,12 @@ func TestBuiltinAuthRejections(t *testing.T) {
 	expectOutcome(t, "status without token", resp, body, 401, "login")
 	resp, body = e.do("DELETE", status, nil, "")
 	expectOutcome(t, "delete without token", resp, body, 401, "login")
+	// The job's attachment route: a token, and the job's owner.
+	attachment := strings.Replace(status, "/bulk-export/jobs/", "/bulk-export/attachments/", 1) + "/Binary/doc-1"
+	resp, body = e.do("GET", attachment, nil, "")
+	expectOutcome(t, "attachment without token", resp, body, 401, "login")
+	resp, body = e.do("GET", attachment, bearer(btok), "")
+	expectOutcome(t, "another client's attachment", resp, body, 404, "not-found")
 	// The owner with a token whose scopes no longer cover the file's type.
 	narrow := e.token(a, "system/Condition.read")
 	resp, body = e.do("GET", file, bearer(narrow), "")

@@ -131,6 +131,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		MaxActive:          unbounded(cfg.Export.MaxActive),
 		MaxPatients:        cfg.Export.MaxPatients,
 		FailOnPartial:      cfg.Export.FailOnPartial,
+		NoSystemSlices:     !cfg.Export.SliceSystemExports,
 	})
 	if err != nil {
 		return fail(err)

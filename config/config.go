@@ -121,6 +121,10 @@ type ExportConfig struct {
 	// PollThrottle answers 429 to status polls that come well before the
 	// Retry-After they were given. Default true.
 	PollThrottle bool `yaml:"poll_throttle" usage:"answer 429 to status polls that ignore Retry-After"`
+	// SliceSystemExports cuts each large type of a system-level export
+	// into _lastUpdated slices searched in parallel (a few _summary=count
+	// probes per type). Default true.
+	SliceSystemExports bool `yaml:"slice_system_exports" usage:"search large types of system-level exports in parallel _lastUpdated slices"`
 }
 
 // UpstreamHTTPConfig tunes the HTTP client used towards the upstream.

@@ -34,7 +34,7 @@ func TestDefault(t *testing.T) {
 		Export: ExportConfig{
 			BatchSize: 1000, PageSize: 1000, MaxURLLength: 2000, Concurrency: 4, MaxJobs: 2,
 			MaxFileSize: 256 * 1024 * 1024, Retention: 720 * time.Hour, RetryAfter: 30 * time.Second,
-			MaxActivePerClient: 1, MaxActive: 10, PollThrottle: true,
+			MaxActivePerClient: 1, MaxActive: 10, PollThrottle: true, SliceSystemExports: true,
 			AdaptiveConcurrency: true, MaxConcurrency: 16,
 		},
 		UpstreamHTTP: UpstreamHTTPConfig{ResponseHeaderTimeout: 60 * time.Second, DialTimeout: 10 * time.Second, Retries: 5},
@@ -82,6 +82,7 @@ func TestOptionNames(t *testing.T) {
 		"export.max_concurrency":                {"FBP_EXPORT_MAX_CONCURRENCY", "export-max-concurrency"},
 		"export.max_rps":                        {"FBP_EXPORT_MAX_RPS", "export-max-rps"},
 		"export.poll_throttle":                  {"FBP_EXPORT_POLL_THROTTLE", "export-poll-throttle"},
+		"export.slice_system_exports":           {"FBP_EXPORT_SLICE_SYSTEM_EXPORTS", "export-slice-system-exports"},
 		"upstream_http.response_header_timeout": {"FBP_UPSTREAM_HTTP_RESPONSE_HEADER_TIMEOUT", "upstream-response-header-timeout"},
 		"upstream_http.dial_timeout":            {"FBP_UPSTREAM_HTTP_DIAL_TIMEOUT", "upstream-dial-timeout"},
 		"upstream_http.retries":                 {"FBP_UPSTREAM_HTTP_RETRIES", "upstream-retries"},

@@ -43,6 +43,7 @@ func Default() Config {
 			MaxActivePerClient: 1,
 			MaxActive:          10,
 			PollThrottle:       true,
+			SliceSystemExports: true,
 		},
 		UpstreamHTTP: UpstreamHTTPConfig{
 			ResponseHeaderTimeout: 60 * time.Second,

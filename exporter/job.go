@@ -283,6 +283,10 @@ type Unit struct {
 	Restarts int `json:"restarts,omitempty"`
 	// Filter is a _typeFilter query (URL-encoded) added to the search.
 	Filter string `json:"filter,omitempty"`
+	// Window, for a slice of a large type at system level, holds the
+	// _lastUpdated bounds of the slice ("gt..." and/or "le..."), sent with
+	// the job's own (see systemWindows).
+	Window []string `json:"window,omitempty"`
 	// Error is the client-safe reason of a failed unit.
 	Error string `json:"error,omitempty"`
 	// Split is set when the upstream refused a comma list for the type: the

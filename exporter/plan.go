@@ -2,11 +2,14 @@ package exporter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"golang.org/x/sync/errgroup"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // round0 reports whether the type is searched in round 0: every type at
@@ -81,7 +84,22 @@ func (r *jobRun) plan(ctx context.Context) error {
 		}
 	}
 	sizes := make([]int, len(searches))
-	if req.Level != LevelSystem {
+	windows := make([][][]string, len(searches))
+	if req.Level == LevelSystem {
+		r.setPhase("counting resources")
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(r.s.opts.UnitConcurrency)
+		for i, sr := range searches {
+			g.Go(func() error {
+				windows[i] = r.systemWindows(gctx, sr.t, sr.f)
+				return nil
+			})
+		}
+		_ = g.Wait()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	} else {
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(r.s.opts.UnitConcurrency)
 		for i, sr := range searches {
@@ -99,7 +117,12 @@ func (r *jobRun) plan(ctx context.Context) error {
 	var units []Unit
 	for i, sr := range searches {
 		if req.Level == LevelSystem {
-			units = append(units, Unit{ID: len(units), Type: sr.t, Filter: sr.f, State: UnitPending})
+			if len(windows[i]) == 0 {
+				units = append(units, Unit{ID: len(units), Type: sr.t, Filter: sr.f, State: UnitPending})
+			}
+			for _, w := range windows[i] {
+				units = append(units, Unit{ID: len(units), Type: sr.t, Filter: sr.f, Window: w, State: UnitPending})
+			}
 			continue
 		}
 		param, _ := CompartmentParam(sr.t)
@@ -262,4 +285,139 @@ func existingPatients(ctx context.Context, up Upstream, ids []string, batch int)
 		}
 	}
 	return found, nil
+}
+
+// A system-level export searches each type without a patient list, so a
+// large type would page through one search, one page after the other.
+// systemWindows cuts such a type into slices of _lastUpdated that are
+// searched in parallel: it counts the type (_summary=count) and, when it
+// has more than pagesPerUnit pages, bisects the time up to the job's
+// transaction time until each slice holds about the pages of one unit.
+// The slices are (-inf, b1], (b1, b2], ..., (bk, T]: consecutive, written
+// with the same instants for one's "le" and the next's "gt", so that they
+// partition the type exactly whatever the counts say (FHIR's le X and
+// gt X are complements). Counts only size the slices.
+const (
+	// windowSpan is how far back from the transaction time bisection
+	// starts; older resources all fall into the first, open slice (which
+	// is split no further).
+	windowSpan = 40 * 365 * 24 * time.Hour
+	// minWindow is the narrowest slice bisection makes.
+	minWindow = time.Second
+)
+
+// systemWindows returns the _lastUpdated bounds of each slice of a type,
+// in time order; nil for one unsliced search (a small type, or counts the
+// upstream does not give).
+func (r *jobRun) systemWindows(ctx context.Context, rtype, filter string) [][]string {
+	if r.s.opts.NoSystemSlices {
+		return nil
+	}
+	base := url.Values{}
+	if filter != "" {
+		if fq, err := url.ParseQuery(filter); err == nil {
+			base = fq
+		}
+	}
+	base.Set("_summary", "count")
+	probes := 0
+	count := func(bounds []string) (int, error) {
+		probes++
+		params := url.Values{}
+		for k, v := range base {
+			params[k] = v
+		}
+		params["_lastUpdated"] = append(slices.Clone(r.lastUpdated), bounds...)
+		total := -1
+		if err := r.up.Search(ctx, rtype, params, func(p *Page) error { total = p.Total; return nil }); err != nil {
+			return 0, err
+		}
+		if total < 0 {
+			return 0, errors.New("the count probe gave no total")
+		}
+		return total, nil
+	}
+	total, err := count(nil)
+	if err != nil {
+		r.log.Debug().Err(err).Str("type", rtype).Msg("count probe failed; one search for the type")
+		return nil
+	}
+	pages := (total + r.s.opts.PageSize - 1) / r.s.opts.PageSize
+	n := min((pages+pagesPerUnit-1)/pagesPerUnit, 2*r.s.opts.UnitConcurrency)
+	if n <= 1 {
+		return nil
+	}
+	target := (total + n - 1) / n
+	end := r.job.TransactionTime.UTC()
+	if r.job.Request.Until != nil && r.job.Request.Until.Before(end) {
+		end = r.job.Request.Until.UTC()
+	}
+	start := end.Add(-windowSpan)
+	if r.job.Request.Since != nil && r.job.Request.Since.After(start) {
+		start = r.job.Request.Since.UTC()
+	}
+
+	// A leaf is the slice (lo, hi] of time with its count; the first leaf
+	// is open below (lo is only where bisection starts).
+	type leaf struct {
+		lo, hi time.Time
+		n      int
+	}
+	bounds := func(l leaf, first bool) []string {
+		var b []string
+		if !first {
+			b = append(b, "gt"+l.lo.Format(instantFormat))
+		}
+		if !l.hi.Equal(end) {
+			b = append(b, "le"+l.hi.Format(instantFormat))
+		}
+		return b
+	}
+	// Bisect the newest part [start, end] first: count (start, end] to
+	// know what the open slice before start holds.
+	recent, err := count([]string{"gt" + start.Format(instantFormat)})
+	if err != nil {
+		return nil
+	}
+	leaves := []leaf{{lo: start, hi: end, n: recent}}
+	maxProbes := 4*n + 8
+	for done := false; !done && probes < maxProbes; {
+		done = true
+		for i := 0; i < len(leaves) && probes < maxProbes; i++ {
+			l := leaves[i]
+			if l.n <= target+target/2 || l.hi.Sub(l.lo) < 2*minWindow {
+				continue
+			}
+			mid := l.lo.Add(l.hi.Sub(l.lo) / 2).Truncate(time.Millisecond)
+			left := leaf{lo: l.lo, hi: mid}
+			var err error
+			if left.n, err = count(bounds(left, false)); err != nil {
+				return nil
+			}
+			right := leaf{lo: mid, hi: l.hi, n: max(l.n-left.n, 0)}
+			leaves = slices.Replace(leaves, i, i+1, left, right)
+			i++
+			done = false
+		}
+	}
+	// The open slice before start, then the leaves merged while they fit
+	// the target.
+	slicesOut := []leaf{{hi: start, n: total - recent}}
+	for _, l := range leaves {
+		last := &slicesOut[len(slicesOut)-1]
+		if last.n+l.n <= target {
+			last.hi, last.n = l.hi, last.n+l.n
+			continue
+		}
+		slicesOut = append(slicesOut, l)
+	}
+	if len(slicesOut) <= 1 {
+		return nil
+	}
+	out := make([][]string, len(slicesOut))
+	for i, l := range slicesOut {
+		out[i] = bounds(l, i == 0)
+	}
+	r.log.Debug().Str("type", rtype).Int("total", total).Int("slices", len(out)).Int("probes", probes).Msg("sliced by _lastUpdated")
+	return out
 }

@@ -416,7 +416,7 @@ func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *i
 		params.Set(u.Param, strings.Join(values, ","))
 	}
 	params.Set("_count", strconv.Itoa(r.s.opts.PageSize))
-	params["_lastUpdated"] = r.lastUpdated
+	params["_lastUpdated"] = append(slices.Clone(r.lastUpdated), u.Window...)
 	if r.upstreamElements != "" {
 		params.Set("_elements", r.upstreamElements)
 	}

@@ -41,6 +41,9 @@ type Options struct {
 	// by default such units go to the error file and a job fails only when
 	// nothing could be exported.
 	FailOnPartial bool
+	// NoSystemSlices searches every type of a system-level export as one
+	// search instead of _lastUpdated slices (systemWindows).
+	NoSystemSlices bool
 	// MaxPatients refuses exports of more patients (0: no bound).
 	MaxPatients int
 	// MaxJobs is the number of jobs run at once (default 2).

@@ -31,13 +31,6 @@ var mandatoryElements = map[string][]string{
 		"outcome", "insurance"},
 }
 
-// subsettedTag marks a resource that _elements trimmed.
-var subsettedTag = map[string]string{
-	"system":  "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-	"code":    "SUBSETTED",
-	"display": "Resource encoded in summary mode",
-}
-
 // elementsByType resolves an _elements list ("elem" for every type,
 // "Type.elem" for one) into the elements each exported type keeps. A type
 // that no element applies to is absent: it is exported whole.
@@ -108,85 +101,254 @@ func keeps(rtype, name string, keep map[string]bool) bool {
 }
 
 // subsetResource keeps the resource's id, meta, mandatory elements and the
-// listed ones, in their order, and tags meta SUBSETTED.
+// listed ones, in their order, and tags meta SUBSETTED. It walks the
+// top-level members on the bytes (values are copied verbatim, never
+// decoded); only meta is decoded, to add the tag. Malformed JSON is an
+// error.
 func subsetResource(res []byte, keep map[string]bool) ([]byte, error) {
-	var head struct {
-		ResourceType string `json:"resourceType"`
-	}
-	if err := json.Unmarshal(res, &head); err != nil {
+	members, err := topLevelMembers(res)
+	if err != nil {
 		return nil, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(res))
-	dec.UseNumber()
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil, fmt.Errorf("not a JSON object")
-	}
-	var out bytes.Buffer
-	out.WriteByte('{')
-	first := true
-	sawMeta := false
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		name, _ := tok.(string)
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return nil, err
-		}
-		if !keeps(head.ResourceType, name, keep) {
+	rtype := ""
+	for _, m := range members {
+		if m.name != "resourceType" {
 			continue
 		}
-		if name == "meta" {
+		v := m.value
+		if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' && bytes.IndexByte(v, '\\') < 0 {
+			rtype = string(v[1 : len(v)-1])
+		} else if err := json.Unmarshal(v, &rtype); err != nil {
+			return nil, fmt.Errorf("resourceType: %w", err)
+		}
+	}
+	out := make([]byte, 0, len(res)/2+64)
+	out = append(out, '{')
+	first := true
+	sawMeta := false
+	for _, m := range members {
+		if !keeps(rtype, m.name, keep) {
+			continue
+		}
+		value := m.value
+		if m.name == "meta" {
 			sawMeta = true
-			if raw, err = tagSubsetted(raw); err != nil {
+			if value, err = tagMeta(value); err != nil {
 				return nil, err
 			}
 		}
 		if !first {
-			out.WriteByte(',')
+			out = append(out, ',')
 		}
 		first = false
-		k, _ := json.Marshal(name)
-		out.Write(k)
-		out.WriteByte(':')
-		out.Write(raw)
+		out = append(out, m.key...)
+		out = append(out, ':')
+		out = append(out, value...)
 	}
 	if !sawMeta {
-		meta, _ := tagSubsetted(nil)
+		meta, _ := tagMeta(nil)
 		if !first {
-			out.WriteByte(',')
+			out = append(out, ',')
 		}
-		out.WriteString(`"meta":`)
-		out.Write(meta)
+		out = append(out, `"meta":`...)
+		out = append(out, meta...)
 	}
-	out.WriteByte('}')
-	return out.Bytes(), nil
+	return append(out, '}'), nil
 }
 
-// tagSubsetted adds the SUBSETTED tag to a meta object (nil: a new one).
-func tagSubsetted(meta json.RawMessage) (json.RawMessage, error) {
-	m := map[string]any{}
-	if meta != nil {
-		dec := json.NewDecoder(bytes.NewReader(meta))
-		dec.UseNumber()
-		if err := dec.Decode(&m); err != nil {
+// member is one top-level member of a JSON object: its key as written
+// (quoted), its name and its value's bytes.
+type member struct {
+	key   []byte
+	name  string
+	value []byte
+}
+
+// topLevelMembers splits a JSON object into its members without decoding
+// the values.
+func topLevelMembers(b []byte) ([]member, error) {
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return nil, fmt.Errorf("not a JSON object")
+	}
+	var out []member
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return out, trailing(b, i+1)
+	}
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return nil, fmt.Errorf("expected a member name at offset %d", i)
+		}
+		end := stringEnd(b[i+1:])
+		if end < 0 {
+			return nil, fmt.Errorf("unterminated member name")
+		}
+		key := b[i : i+end+2]
+		name := string(key[1 : len(key)-1])
+		var err error
+		if bytes.IndexByte(key, '\\') >= 0 {
+			// An escaped name is written out normalized.
+			if err := json.Unmarshal(key, &name); err != nil {
+				return nil, err
+			}
+			if key, err = json.Marshal(name); err != nil {
+				return nil, err
+			}
+		}
+		i = skipWS(b, i+end+2)
+		if i >= len(b) || b[i] != ':' {
+			return nil, fmt.Errorf("expected ':' after %s", key)
+		}
+		i = skipWS(b, i+1)
+		var vend int
+		vend, err = skipValue(b, i)
+		if err != nil {
 			return nil, err
 		}
-	}
-	tags, _ := m["tag"].([]any)
-	for _, t := range tags {
-		if tm, ok := t.(map[string]any); ok && tm["code"] == "SUBSETTED" {
-			return meta, nil
+		out = append(out, member{key: key, name: name, value: b[i:vend]})
+		i = skipWS(b, vend)
+		if i >= len(b) {
+			return nil, fmt.Errorf("unterminated object")
+		}
+		switch b[i] {
+		case ',':
+			i = skipWS(b, i+1)
+		case '}':
+			return out, trailing(b, i+1)
+		default:
+			return nil, fmt.Errorf("expected ',' or '}' at offset %d", i)
 		}
 	}
-	m["tag"] = append(tags, subsettedTag)
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(m); err != nil {
-		return nil, err
+}
+
+// trailing fails when anything but whitespace follows the object.
+func trailing(b []byte, i int) error {
+	if skipWS(b, i) != len(b) {
+		return fmt.Errorf("data after the JSON object")
 	}
-	return bytes.TrimRight(buf.Bytes(), "\n"), nil
+	return nil
+}
+
+func skipWS(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the end of the JSON value starting at b[i]. Strings
+// and nesting are followed exactly; the contents of literals are not
+// checked (the upstream's Bundle scanner has already checked them).
+func skipValue(b []byte, i int) (int, error) {
+	if i >= len(b) {
+		return 0, fmt.Errorf("missing value")
+	}
+	switch b[i] {
+	case '"':
+		end := stringEnd(b[i+1:])
+		if end < 0 {
+			return 0, fmt.Errorf("unterminated string")
+		}
+		return i + end + 2, nil
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				end := stringEnd(b[j+1:])
+				if end < 0 {
+					return 0, fmt.Errorf("unterminated string")
+				}
+				j += end + 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1, nil
+				}
+			}
+		}
+		return 0, fmt.Errorf("unterminated %c", b[i])
+	default:
+		j := i
+		for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
+			j++
+		}
+		if j == i {
+			return 0, fmt.Errorf("missing value at offset %d", i)
+		}
+		return j, nil
+	}
+}
+
+// subsettedTagJSON is subsettedTag as written into meta.tag.
+const subsettedTagJSON = `{"system":"http://terminology.hl7.org/CodeSystem/v3-ObservationValue","code":"SUBSETTED","display":"Resource encoded in summary mode"}`
+
+// tagMeta adds the SUBSETTED tag to a meta object (nil: a new one), on
+// the bytes: the other members keep their order and bytes.
+func tagMeta(meta []byte) ([]byte, error) {
+	if meta == nil {
+		return []byte(`{"tag":[` + subsettedTagJSON + `]}`), nil
+	}
+	members, err := topLevelMembers(meta)
+	if err != nil {
+		return nil, fmt.Errorf("meta: %w", err)
+	}
+	out := make([]byte, 0, len(meta)+len(subsettedTagJSON)+10)
+	out = append(out, '{')
+	tagged := false
+	for i, m := range members {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, m.key...)
+		out = append(out, ':')
+		if m.name != "tag" {
+			out = append(out, m.value...)
+			continue
+		}
+		tagged = true
+		v := bytes.TrimSpace(m.value)
+		if hasSubsetted(v) {
+			return meta, nil
+		}
+		if len(v) < 2 || v[0] != '[' || v[len(v)-1] != ']' {
+			return nil, fmt.Errorf("meta.tag is not an array")
+		}
+		out = append(out, v[:len(v)-1]...)
+		if len(bytes.TrimSpace(v[1:len(v)-1])) > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, subsettedTagJSON...)
+		out = append(out, ']')
+	}
+	if !tagged {
+		if len(members) > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, `"tag":[`+subsettedTagJSON+`]`...)
+	}
+	return append(out, '}'), nil
+}
+
+// hasSubsetted reports whether a meta.tag array already holds a tag with
+// code SUBSETTED.
+func hasSubsetted(tags []byte) bool {
+	if !bytes.Contains(tags, []byte("SUBSETTED")) {
+		return false
+	}
+	var ts []struct {
+		Code string `json:"code"`
+	}
+	if json.Unmarshal(tags, &ts) != nil {
+		return false
+	}
+	for _, t := range ts {
+		if t.Code == "SUBSETTED" {
+			return true
+		}
+	}
+	return false
 }

@@ -98,6 +98,10 @@ type Request struct {
 	PathVars map[string]string `json:"pathVars,omitempty"`
 	// Lenient is true when the client sent Prefer: handling=lenient.
 	Lenient bool `json:"lenient,omitempty"`
+	// SeparateStatus is true when the client sent Prefer:
+	// separate-export-status: status requests then answer 200 and give
+	// the job's own status code in X-Export-Status.
+	SeparateStatus bool `json:"separateStatus,omitempty"`
 	// Ignored lists what a lenient kick-off ignored; each becomes one
 	// OperationOutcome line in the manifest's error file.
 	Ignored []string `json:"ignored,omitempty"`

@@ -128,14 +128,20 @@ func (h *handlers) status(c *gin.Context) {
 	if job == nil {
 		return
 	}
-	w := c.Writer
+	// With Prefer: separate-export-status the answer's status code is the
+	// status request's own (200) and the job's goes to X-Export-Status.
+	var w http.ResponseWriter = c.Writer
+	if job.Request.SeparateStatus {
+		w = &exportStatusWriter{ResponseWriter: c.Writer}
+	}
 	now := time.Now()
 	switch job.State {
 	case exporter.StateQueued, exporter.StateRunning:
 		if h.polls != nil {
 			if early := h.polls.early(job.ID, now); early > 0 {
-				w.Header().Set("Retry-After", strconv.Itoa(int((early+time.Second-1)/time.Second)))
-				WriteOutcome(w, http.StatusTooManyRequests, fhir.IssueTypeThrottled,
+				// About the status request itself: a real 429 either way.
+				c.Header("Retry-After", strconv.Itoa(int((early+time.Second-1)/time.Second)))
+				WriteOutcome(c.Writer, http.StatusTooManyRequests, fhir.IssueTypeThrottled,
 					"status polled before the Retry-After of the previous answer; wait and poll again")
 				return
 			}
@@ -357,4 +363,26 @@ func acceptsGzip(h http.Header) bool {
 		}
 	}
 	return false
+}
+
+// ExportStatusHeader carries the job's status code when the kick-off asked
+// for Prefer: separate-export-status.
+const ExportStatusHeader = "X-Export-Status"
+
+// exportStatusWriter answers 200 and moves the status code it is given to
+// X-Export-Status.
+type exportStatusWriter struct {
+	http.ResponseWriter
+}
+
+func (w *exportStatusWriter) WriteHeader(code int) {
+	w.Header().Set(ExportStatusHeader, strconv.Itoa(code))
+	w.ResponseWriter.WriteHeader(http.StatusOK)
+}
+
+func (w *exportStatusWriter) Write(b []byte) (int, error) {
+	if w.Header().Get(ExportStatusHeader) == "" {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
 }

@@ -63,6 +63,9 @@ func knownParam(name string) bool {
 type preferences struct {
 	respondAsync bool
 	lenient      bool
+	// separateStatus: status responses answer 200 for the status request
+	// and carry the job's status in X-Export-Status (Bulk Data v3).
+	separateStatus bool
 }
 
 func parsePrefer(h http.Header) preferences {
@@ -76,6 +79,8 @@ func parsePrefer(h http.Header) preferences {
 				p.respondAsync = true
 			case "handling=lenient":
 				p.lenient = true
+			case "separate-export-status":
+				p.separateStatus = true
 			}
 		}
 	}
@@ -193,7 +198,8 @@ func invalid(param, msg string) *exporter.Error {
 // Request. Problems are errors, or with lenient handling ignored and listed
 // in Request.Ignored, where the IG allows that.
 func parseKickoff(level exporter.Level, params []kickoffParam, prefs preferences) (exporter.Request, error) {
-	req := exporter.Request{Level: level, OutputFormat: "application/fhir+ndjson", Lenient: prefs.lenient}
+	req := exporter.Request{Level: level, OutputFormat: "application/fhir+ndjson", Lenient: prefs.lenient,
+		SeparateStatus: prefs.separateStatus}
 	ignore := func(param, msg string) error {
 		if prefs.lenient {
 			req.Ignored = append(req.Ignored, msg+"; ignored (Prefer: handling=lenient)")

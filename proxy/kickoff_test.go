@@ -210,3 +210,17 @@ func TestSystemLevelTypes(t *testing.T) {
 		t.Fatalf("patient at system level: %v", err)
 	}
 }
+
+func TestParsePreferSeparateExportStatus(t *testing.T) {
+	p := parsePrefer(http.Header{"Prefer": {"respond-async, separate-export-status", "handling=lenient"}})
+	if !p.respondAsync || !p.separateStatus || !p.lenient {
+		t.Errorf("preferences %+v", p)
+	}
+	req, err := parseKickoff(exporter.LevelSystem, nil, p)
+	if err != nil || !req.SeparateStatus {
+		t.Errorf("request %+v %v", req, err)
+	}
+	if p := parsePrefer(http.Header{"Prefer": {"respond-async"}}); p.separateStatus {
+		t.Error("separate-export-status without asking")
+	}
+}

@@ -64,6 +64,15 @@ func (h *handlers) kickoff(level exporter.Level) gin.HandlerFunc {
 			path = "/Group/" + groupID + "/$export"
 		case exporter.LevelPatient:
 			path = "/Patient/$export"
+			if id := c.Param("id"); id != "" {
+				// Patient/{id}/$export (HAPI FHIR's form): a Patient-level
+				// export of that one patient.
+				if !exporter.ValidID(id) {
+					WriteError(c.Writer, invalid("", "the Patient id in the path is not a valid FHIR id"))
+					return
+				}
+				path = "/Patient/" + id + "/$export"
+			}
 		default:
 			path = "/$export"
 		}
@@ -77,7 +86,14 @@ func (h *handlers) kickoff(level exporter.Level) gin.HandlerFunc {
 			WriteError(c.Writer, err)
 			return
 		}
-		req.GroupID = c.Param("id")
+		if level == exporter.LevelGroup {
+			req.GroupID = c.Param("id")
+		} else if id := c.Param("id"); id != "" {
+			if err := onlyPatient(&req, id); err != nil {
+				WriteError(c.Writer, err)
+				return
+			}
+		}
 		req.BaseURL = base
 		req.PathVars = vars
 		req.RequestURL = base + path
@@ -98,6 +114,18 @@ func (h *handlers) kickoff(level exporter.Level) gin.HandlerFunc {
 		writeOutcome(c.Writer, http.StatusAccepted, Outcome(fhir.IssueSeverityInformation, fhir.IssueTypeInformational,
 			"export job accepted; poll the URL in Content-Location for its status"))
 	}
+}
+
+// onlyPatient narrows the request of Patient/{id}/$export to that patient:
+// a patient parameter given as well must name only it.
+func onlyPatient(req *exporter.Request, id string) error {
+	for _, p := range req.Patients {
+		if p != id {
+			return invalid("patient", "the patient parameter of Patient/[id]/$export may name only the patient in the path")
+		}
+	}
+	req.Patients = []string{id}
+	return nil
 }
 
 // visibleJob returns the job with the given id if the caller may see it;

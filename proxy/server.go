@@ -109,6 +109,7 @@ func NewHandler(o Options) http.Handler {
 	}
 	e.Any(base+"/Group/:id/$export", guarded(h.limitBody, h.kickoff(exporter.LevelGroup))...)
 	e.Any(base+"/Patient/$export", guarded(h.limitBody, h.kickoff(exporter.LevelPatient))...)
+	e.Any(base+"/Patient/:id/$export", guarded(h.limitBody, h.kickoff(exporter.LevelPatient))...)
 	e.Any(base+"/$export", guarded(h.limitBody, h.kickoff(exporter.LevelSystem))...)
 	e.GET(base+"/bulk-export/jobs/:job", guarded(h.status)...)
 	e.DELETE(base+"/bulk-export/jobs/:job", guarded(h.deleteJob)...)

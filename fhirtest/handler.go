@@ -82,6 +82,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			if !allowMethod(w, r, pretty, http.MethodGet) {
 				return
 			}
+			s.ctr.metadata.Add(1)
 			s.capOnce.Do(func() { s.capBody = capabilityStatement(!s.opts.NoHistory) })
 			writeFHIR(w, http.StatusOK, s.capBody, pretty)
 			return
@@ -195,6 +196,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 func (s *Server) handleRead(w http.ResponseWriter, typ, id, vid string, pretty bool) {
+	s.ctr.reads.Add(1)
 	r := s.lookup(typ, id)
 	if r == nil {
 		if tomb := s.tombstone(typ, id); tomb != nil {

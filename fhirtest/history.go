@@ -95,7 +95,7 @@ func (s *Server) Update(resourceType, id string, at time.Time) error {
 	if r == nil {
 		return fmt.Errorf("%w: %s/%s", ErrNotFound, resourceType, id)
 	}
-	body, err := rewriteMeta(resourceType, r, r.version+1, lu)
+	body, err := rewriteMeta(resourceType, r, r.version+1, lu, s.opts.LastUpdatedSeconds)
 	if err != nil {
 		return err
 	}
@@ -144,15 +144,24 @@ func (ts *typeStore) replace(r, nr *resource) {
 // stored body starts with resourceType, id and meta {versionId,
 // lastUpdated}, so the header is swapped at the byte level, keeping the rest
 // of the body intact.
-func rewriteMeta(typ string, r *resource, version int, lu int64) ([]byte, error) {
+//
+// With secs (Options.LastUpdatedSeconds) both headers show lastUpdated to
+// whole seconds.
+func rewriteMeta(typ string, r *resource, version int, lu int64, secs bool) ([]byte, error) {
 	var old, nw jw
 	old.header(typ, r.id, r.version, r.lu)
 	old.b = old.b[:len(old.b)-1] // drop the closing brace of meta
+	if secs {
+		old.b = truncLastUpdated(old.b)
+	}
 	if !bytes.HasPrefix(r.body, old.b) {
 		return nil, fmt.Errorf("fhirtest: %s/%s: unexpected body layout", typ, r.id)
 	}
 	nw.header(typ, r.id, version, lu)
 	nw.b = nw.b[:len(nw.b)-1]
+	if secs {
+		nw.b = truncLastUpdated(nw.b)
+	}
 	return append(nw.b, r.body[len(old.b):]...), nil
 }
 
@@ -239,6 +248,7 @@ const systemHistory = "_history"
 // resource changed after _since and every deletion after _since, newest
 // first, paged like searches.
 func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, base, typ, id string, q url.Values, pretty bool) {
+	s.ctr.history.Add(1)
 	if s.opts.NoHistory {
 		writeError(w, &httpError{http.StatusNotFound, "not-supported", "History is not supported by this server"}, pretty)
 		return
@@ -293,7 +303,7 @@ func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, base, typ
 	}
 	token := ""
 	if len(ents) > count {
-		token = s.pages.put(&snapshot{typ: key, hist: ents, history: true, count: count}, s.opts.PageTTL)
+		token = s.pages.put(s.newPageID(), &snapshot{typ: key, hist: ents, history: true, count: count}, s.opts.PageTTL)
 	}
 	s.writePage(w, r, s.historyBundle(base, ents, 0, count, self, token), histKey(ents[:min(count, len(ents))]), fp, pretty)
 }
@@ -346,7 +356,7 @@ func (s *Server) historyBundle(base string, ents []histEntry, offset, count int,
 	end := min(offset+count, len(ents))
 	next := ""
 	if token != "" && end < len(ents) {
-		next = fmt.Sprintf("%s?_getpages=%s&_getpagesoffset=%d&_count=%d&_bundletype=history", base, token, end, count)
+		next = s.getpagesURL(base, token, end, count, "history")
 	}
 	w.bundleHead("history", len(ents), self, next)
 	if end > offset {

@@ -3,7 +3,6 @@ package fhirtest
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -12,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -48,12 +46,24 @@ type criterion struct {
 
 // searchReq is a parsed search.
 type searchReq struct {
-	typ          string
-	crit         []criterion
-	count        int
+	typ  string
+	crit []criterion
+	// count is the page size (_count, capped; the default when absent).
+	count int
+	// summaryCount: _summary=count applies (false under IgnoreSummaryCount).
 	summaryCount bool
-	totalNone    bool
-	query        url.Values
+	// askedCount: the request had _summary=count, applied or not.
+	askedCount bool
+	// totalNone: _total=none; totalAccurate: _total=accurate.
+	totalNone, totalAccurate bool
+	// page is the 1-based _page of PagingOffset (0: absent).
+	page  int
+	query url.Values
+	// applied holds the parameters the search honoured (and the
+	// formatting ones): the query of the Bundle's self link. Unknown
+	// parameters dropped by LenientParams, empty values, an ignored
+	// _summary and _page are not in it.
+	applied url.Values
 }
 
 // splitOR splits a search value at unescaped commas ("\," is a literal
@@ -94,7 +104,7 @@ func (s *Server) parseCount(v string) (int, *httpError) {
 
 // parseSearch validates and parses the parameters of a search of typ.
 func (s *Server) parseSearch(typ string, q url.Values) (*searchReq, *httpError) {
-	req := &searchReq{typ: typ, count: s.opts.DefaultCount, query: q}
+	req := &searchReq{typ: typ, count: s.opts.DefaultCount, query: q, applied: url.Values{}}
 	keys := make([]string, 0, len(q))
 	for k := range q {
 		keys = append(keys, k)
@@ -111,18 +121,39 @@ func (s *Server) parseSearch(typ string, q url.Values) (*searchReq, *httpError) 
 				return nil, herr
 			}
 			req.count = n
+			req.applied[key] = vals
 			continue
 		case "_summary":
-			req.summaryCount = last == "count"
+			req.askedCount = last == "count"
+			if !s.opts.IgnoreSummaryCount {
+				req.summaryCount = req.askedCount
+				req.applied[key] = vals
+			}
 			continue
 		case "_total":
 			req.totalNone = last == "none"
+			req.totalAccurate = last == "accurate"
+			req.applied[key] = vals
 			continue
 		case "_format", "_pretty", "_elements":
+			req.applied[key] = vals
 			continue
+		case "_page":
+			if s.opts.Paging == PagingOffset {
+				n, err := strconv.Atoi(last)
+				if err != nil || n < 1 {
+					return nil, badRequest("Invalid _page value %q", last)
+				}
+				req.page = n
+				req.applied[key] = []string{last}
+				continue
+			}
 		}
 		def, ok := lookupParam(typ, name)
 		if !ok {
+			if s.opts.LenientParams {
+				continue
+			}
 			return nil, badRequest("Unknown search parameter %q for resource type %q. Valid search parameters for this search are: [%s]",
 				name, typ, strings.Join(paramNames(typ), ", "))
 		}
@@ -138,6 +169,7 @@ func (s *Server) parseSearch(typ string, q url.Values) (*searchReq, *httpError) 
 				return nil, herr
 			}
 			req.crit = append(req.crit, c)
+			req.applied[key] = append(req.applied[key], v)
 		}
 	}
 	return req, nil
@@ -448,204 +480,4 @@ func decodeRoots(body []byte, roots map[string]bool) map[string]any {
 		}
 	}
 	return doc
-}
-
-// snapshot is the frozen result list behind a next link.
-type snapshot struct {
-	typ     string // the RequestsByType and TypeFaults key
-	res     []*resource
-	hist    []histEntry // a history's entries (history is true)
-	history bool
-	count   int
-	expires time.Time
-}
-
-// pageCache holds snapshots under opaque random tokens. Expiry is sliding:
-// every page fetch renews the token for another PageTTL, so each next link
-// is valid for PageTTL after it was issued.
-type pageCache struct {
-	mu        sync.Mutex
-	m         map[string]*snapshot
-	lastSweep time.Time
-}
-
-func (p *pageCache) put(sn *snapshot, ttl time.Duration) string {
-	token := rand.Text()
-	now := time.Now()
-	sn.expires = now.Add(ttl)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if now.Sub(p.lastSweep) > ttl/2 {
-		for k, v := range p.m {
-			if now.After(v.expires) {
-				delete(p.m, k)
-			}
-		}
-		p.lastSweep = now
-	}
-	p.m[token] = sn
-	return token
-}
-
-func (p *pageCache) get(token string, ttl time.Duration) *snapshot {
-	now := time.Now()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	sn := p.m[token]
-	if sn == nil {
-		return nil
-	}
-	if now.After(sn.expires) {
-		delete(p.m, token)
-		return nil
-	}
-	sn.expires = now.Add(ttl)
-	return sn
-}
-
-// pageBundle renders one searchset page of res.
-func (s *Server) pageBundle(base, typ string, res []*resource, offset, count int, self, token string, totalNone, summaryCount bool) []byte {
-	var w jw
-	w.obj()
-	total := -1
-	if !totalNone || summaryCount {
-		total = len(res)
-	}
-	end := min(offset+count, len(res))
-	next := ""
-	if token != "" && end < len(res) {
-		next = fmt.Sprintf("%s?_getpages=%s&_getpagesoffset=%d&_count=%d&_bundletype=searchset", base, token, end, count)
-	}
-	w.bundleHead("searchset", total, self, next)
-	if !summaryCount && (end > offset || s.opts.OutcomeEntries) {
-		w.ka("entry")
-		if s.opts.OutcomeEntries {
-			w.obj()
-			w.key("resource")
-			w.rawBytes(outcomeBody("warning", "informational", "Simulated warning: search results for "+typ+" may be incomplete"))
-			w.ko("search")
-			w.ks("mode", "outcome")
-			w.end()
-			w.end()
-		}
-		prefix := base + "/" + typ + "/"
-		for _, r := range res[min(offset, end):end] {
-			w.obj()
-			w.ks("fullUrl", prefix+r.id)
-			w.key("resource")
-			w.rawBytes(r.body)
-			w.ko("search")
-			w.ks("mode", "match")
-			w.end()
-			w.end()
-		}
-		w.endArr()
-	}
-	w.end()
-	return w.b
-}
-
-// handleSearch answers a search of typ with parameters q (first page).
-func (s *Server) handleSearch(w http.ResponseWriter, r *http.Request, base, typ string, q url.Values, pretty bool) {
-	s.countType(typ)
-	fp := s.faults.decide(typ)
-	if !s.preFault(w, r, typ, fp, pretty) {
-		return
-	}
-	req, herr := s.parseSearch(typ, q)
-	if herr != nil {
-		writeError(w, herr, pretty)
-		return
-	}
-	res, err := s.execute(r.Context(), req)
-	if err != nil {
-		return // the client is gone
-	}
-	self := base + "/" + typ
-	if len(q) > 0 {
-		self += "?" + q.Encode()
-	}
-	if req.summaryCount {
-		s.writePage(w, r, s.pageBundle(base, typ, res, 0, 0, self, "", false, true), nil, fp, pretty)
-		return
-	}
-	token := ""
-	if len(res) > req.count {
-		token = s.pages.put(&snapshot{typ: typ, res: res, count: req.count}, s.opts.PageTTL)
-	}
-	key := pageKey(typ, res[:min(req.count, len(res))])
-	s.writePage(w, r, s.pageBundle(base, typ, res, 0, req.count, self, token, req.totalNone, false), key, fp, pretty)
-}
-
-// handlePage answers a next-link request {base}?_getpages=token&...
-func (s *Server) handlePage(w http.ResponseWriter, r *http.Request, base string, q url.Values, pretty bool) {
-	token := q.Get("_getpages")
-	sn := s.pages.get(token, s.opts.PageTTL)
-	typ := ""
-	if sn != nil {
-		typ = sn.typ
-		s.countType(typ)
-	}
-	fp := s.faults.decide(typ)
-	if !s.preFault(w, r, typ, fp, pretty) {
-		return
-	}
-	if sn == nil {
-		writeError(w, &httpError{status: http.StatusGone, code: "not-found",
-			msg: fmt.Sprintf("Search id %q does not exist and may have expired", token)}, pretty)
-		return
-	}
-	offset := 0
-	if v := q.Get("_getpagesoffset"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			writeError(w, badRequest("Invalid _getpagesoffset value %q", v), pretty)
-			return
-		}
-		offset = n
-	}
-	count := sn.count
-	if v := q.Get("_count"); v != "" {
-		n, herr := s.parseCount(v)
-		if herr != nil {
-			writeError(w, herr, pretty)
-			return
-		}
-		count = n
-	}
-	self := base + "?" + r.URL.RawQuery
-	if sn.history {
-		page := sn.hist[min(offset, len(sn.hist)):min(offset+count, len(sn.hist))]
-		s.writePage(w, r, s.historyBundle(base, sn.hist, offset, count, self, token), histKey(page), fp, pretty)
-		return
-	}
-	page := sn.res[min(offset, len(sn.res)):min(offset+count, len(sn.res))]
-	s.writePage(w, r, s.pageBundle(base, sn.typ, sn.res, offset, count, self, token, false, false), pageKey(sn.typ, page), fp, pretty)
-}
-
-// bundleHead writes a Bundle's resourceType, id, meta, type, total (when
-// >= 0) and its self and next links (next when not ""), leaving the object
-// open for the entries.
-func (w *jw) bundleHead(typ string, total int, self, next string) {
-	w.ks("resourceType", "Bundle")
-	w.ks("id", rand.Text())
-	w.ko("meta")
-	w.kt("lastUpdated", time.Now().UnixMilli(), layoutInstant)
-	w.end()
-	w.ks("type", typ)
-	if total >= 0 {
-		w.ki("total", total)
-	}
-	w.ka("link")
-	w.obj()
-	w.ks("relation", "self")
-	w.ks("url", self)
-	w.end()
-	if next != "" {
-		w.obj()
-		w.ks("relation", "next")
-		w.ks("url", next)
-		w.end()
-	}
-	w.endArr()
 }

@@ -110,6 +110,46 @@ type Options struct {
 	// instead of carrying their data, and serves GET Binary/{id} with the
 	// raw content (BinaryContent), behind Authorize like everything else.
 	AttachmentURLs bool
+
+	// The manners of real servers, all off by default (see
+	// WithRealManners).
+
+	// CountLinks gives _summary=count answers next and last links, as a
+	// paged search with CountPageSize entries per page would have (as some
+	// real servers, a Go FHIR server on PostgreSQL among them, do).
+	// Following them works: each page is again a Bundle with the total and
+	// no entries. Such fetches are counted in RequestCounts.CountPages (a
+	// correct client makes none). Default false: count answers carry no
+	// next link.
+	CountLinks bool
+	// CountPageSize is the page size behind CountLinks (default 20 when
+	// CountLinks is on).
+	CountPageSize int
+	// TotalOnlyAccurate makes ordinary search pages (first and following)
+	// carry Bundle.total only when the search had _total=accurate.
+	// _summary=count answers still carry it. Default false: every page
+	// carries the total unless the first request had _total=none (then
+	// its first page does not).
+	TotalOnlyAccurate bool
+	// IgnoreSummaryCount makes the server ignore _summary=count: the answer
+	// is an ordinary searchset page with entries (total as
+	// TotalOnlyAccurate says), and _summary is left out of its self link.
+	// Default false.
+	IgnoreSummaryCount bool
+	// LenientParams makes the server silently ignore unknown search
+	// parameters, as HAPI FHIR does by default: the search runs without
+	// them and they are left out of the Bundle's self link (which always
+	// lists the applied parameters, so a client can notice). Default
+	// false: unknown parameters are answered 400 with an OperationOutcome.
+	LenientParams bool
+	// Paging is the paging style (default PagingToken; unknown values act
+	// as PagingToken).
+	Paging PagingStyle
+	// LastUpdatedSeconds shows meta.lastUpdated to whole seconds in served
+	// resources (and so in Expected), while _lastUpdated compares against
+	// the full stored instant (milliseconds), as servers that store finer
+	// than they show do. Default false: milliseconds are shown.
+	LastUpdatedSeconds bool
 }
 
 func (o Options) withDefaults() Options {
@@ -140,6 +180,14 @@ func (o Options) withDefaults() Options {
 		o.RetryAfter = time.Second
 	}
 	o.Deleted = min(max(o.Deleted, 0), 1)
+	if o.CountPageSize <= 0 {
+		o.CountPageSize = 20
+	}
+	switch o.Paging {
+	case PagingHAPI, PagingOffset:
+	default:
+		o.Paging = PagingToken
+	}
 	return o
 }
 
@@ -230,6 +278,7 @@ type Server struct {
 	faults faultState
 
 	requests atomic.Int64
+	ctr      reqCounters
 	ctrMu    sync.Mutex
 	byType   map[string]int64
 
@@ -270,6 +319,9 @@ func New(opts Options) *Server {
 		s.types[t] = newTypeStore(t)
 	}
 	s.generate()
+	if o.LastUpdatedSeconds {
+		s.secondsDisplay()
+	}
 	return s
 }
 
@@ -384,13 +436,13 @@ func (s *Server) RequestsByType() map[string]int64 {
 	return out
 }
 
-// ResetCounters zeroes Requests, RequestsByType, FaultCounts and
-// PageStats.
+// ResetCounters zeroes Requests, RequestsByType, RequestCounts,
+// FaultCounts and PageStats.
 func (s *Server) ResetCounters() {
 	s.ctrMu.Lock()
 	s.byType = map[string]int64{}
-	s.requests.Store(0)
 	s.ctrMu.Unlock()
+	s.ResetRequestCounts()
 	s.faults.reset()
 }
 
@@ -479,6 +531,9 @@ func (s *Server) create(typ string, body []byte) (*resource, error) {
 		w.rawBytes(mustMarshal(m[k]))
 	}
 	w.end()
+	if s.opts.LastUpdatedSeconds {
+		w.b = truncLastUpdated(w.b)
+	}
 
 	r := &resource{id: id, seq: ts.nextSeq, lu: lu, version: 1, body: w.b, patients: patients}
 	ts.nextSeq++

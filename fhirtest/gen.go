@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -71,15 +72,18 @@ func clampLU(t int64) int64 { return min(t, simEnd-1) }
 // servedTypes lists every resource type the server serves.
 func servedTypes() []string {
 	out := append([]string{}, ptNames[:]...)
-	return append(out, "Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Group")
+	out = append(out, "Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Group")
+	out = append(out, ctNames[:]...)
+	return append(out, emptyTypes...)
 }
 
 func (s *Server) generate() {
 	n := s.opts.Patients
 	sz := sizesFor(n)
 	s.genShared(sz)
-	s.genPatients(n, sz)
+	encs := s.genPatients(n, sz)
 	s.genGroups(n)
+	s.genClaims(sz, encs)
 }
 
 func orgName(i int) string {
@@ -240,7 +244,10 @@ func (s *Server) genShared(sz sharedSizes) {
 // its own random stream, so patients are generated in parallel: a first pass
 // draws the per-type counts, prefix sums give every patient its id ranges,
 // and workers then fill disjoint slots.
-func (s *Server) genPatients(n int, sz sharedSizes) {
+//
+// It returns every generated Encounter, deleted ones included (in patient
+// order), for genClaims.
+func (s *Server) genPatients(n int, sz sharedSizes) []resource {
 	bases := make([]counts, n)
 	var totals counts
 	for i := range n {
@@ -274,6 +281,7 @@ func (s *Server) genPatients(n int, sz sharedSizes) {
 		})
 	}
 	wg.Wait()
+	encs := slices.Clone(backing[tEncounter])
 	for t := range numPT {
 		ts := s.types[ptNames[t]]
 		wg.Go(func() {
@@ -290,6 +298,7 @@ func (s *Server) genPatients(n int, sz sharedSizes) {
 		})
 	}
 	wg.Wait()
+	return encs
 }
 
 // deletedWindow is how far back from the end of the simulated window

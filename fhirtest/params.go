@@ -83,6 +83,17 @@ var compartmentPaths = map[string]string{
 	"Observation":        "subject",
 	"Procedure":          "subject",
 	"Provenance":         "target",
+	// claim-side types (gen_claims.go)
+	"Claim":                    "patient",
+	"Coverage":                 "beneficiary",
+	"ExplanationOfBenefit":     "patient",
+	"ImagingStudy":             "subject",
+	"MedicationAdministration": "subject",
+	// declared compartment types without data
+	"Account":             "subject",
+	"Communication":       "subject",
+	"FamilyMemberHistory": "patient",
+	"Flag":                "subject",
 }
 
 // searchParams lists the supported search parameters per type.
@@ -182,6 +193,49 @@ var searchParams = map[string]map[string]paramDef{
 	"Medication": {
 		"code": tok("code"), "status": tok("status"), "form": tok("form"),
 		"manufacturer": ref("Organization", "manufacturer"),
+	},
+	"Claim": {
+		"status": tok("status"), "use": tok("use"), "created": date("created"), "identifier": tok("identifier"),
+		"provider": ref("", "provider"), "insurer": ref("Organization", "insurer"), "priority": tok("priority"),
+		"facility": ref("Location", "facility"), "encounter": ref("Encounter", "item.encounter"),
+		"care-team": ref("", "careTeam.provider"), "patient": compartment,
+	},
+	"ExplanationOfBenefit": {
+		"status": tok("status"), "created": date("created"), "identifier": tok("identifier"),
+		"provider": ref("", "provider"), "claim": ref("Claim", "claim"), "coverage": ref("Coverage", "insurance.coverage"),
+		"facility": ref("Location", "facility"), "encounter": ref("Encounter", "item.encounter"),
+		"care-team": ref("", "careTeam.provider"), "patient": compartment,
+	},
+	"Coverage": {
+		"status": tok("status"), "type": tok("type"), "identifier": tok("identifier"),
+		"beneficiary": ref("Patient", "beneficiary"), "payor": ref("", "payor"), "patient": compartment,
+	},
+	"ImagingStudy": {
+		"status": tok("status"), "started": date("started"), "modality": tok("series.modality"),
+		"identifier": tok("identifier"), "encounter": encounter, "referrer": ref("", "referrer"),
+		"bodysite": tok("series.bodySite"), "subject": subject, "patient": compartment,
+	},
+	"MedicationAdministration": {
+		"status": tok("status"), "effective-time": date("effectiveDateTime", "effectivePeriod"),
+		"code": tok("medicationCodeableConcept"), "medication": ref("Medication", "medicationReference"),
+		"context": ref("Encounter", "context"), "performer": ref("", "performer.actor"),
+		"subject": subject, "patient": compartment,
+	},
+	"Account": {
+		"status": tok("status"), "type": tok("type"), "name": str("name"), "subject": ref("", "subject"),
+		"patient": compartment,
+	},
+	"Communication": {
+		"status": tok("status"), "category": tok("category"), "sent": date("sent"), "subject": subject,
+		"encounter": encounter, "patient": compartment,
+	},
+	"FamilyMemberHistory": {
+		"status": tok("status"), "code": tok("condition.code"), "date": date("date"),
+		"relationship": tok("relationship"), "patient": compartment,
+	},
+	"Flag": {
+		"status": tok("status"), "category": tok("category"), "date": date("period"), "subject": subject,
+		"encounter": encounter, "patient": compartment,
 	},
 	"Group": {
 		"type": tok("type"), "actual": tok("actual"), "identifier": tok("identifier"), "name": str("name"),

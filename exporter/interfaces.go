@@ -96,6 +96,11 @@ type Page struct {
 	Next string
 	// Total is the Bundle's total, 0 when absent.
 	Total int
+	// HasTotal reports whether the Bundle carried a total.
+	HasTotal bool
+	// Self is the Bundle's self link ("" when absent): servers list there
+	// the search parameters they applied.
+	Self string
 }
 
 // Entry is one Bundle entry.
@@ -142,6 +147,22 @@ type Capabilities struct {
 	Types map[string][]string
 	// History holds the types that declare the history-type interaction.
 	History map[string]bool
+	// NotSearchable holds the declared types whose interactions leave out
+	// search-type.
+	NotSearchable map[string]bool
+}
+
+// Declared reports whether the upstream's CapabilityStatement lists any
+// resource type.
+func (c *Capabilities) Declared() bool { return c != nil && len(c.Types) > 0 }
+
+// Params returns the search parameters the upstream declares for a type
+// (nil when it lists none).
+func (c *Capabilities) Params(resourceType string) []string {
+	if c == nil {
+		return nil
+	}
+	return c.Types[resourceType]
 }
 
 // Supports reports whether the upstream declares the resource type; true

@@ -39,11 +39,29 @@ const maxJSONDepth = 10000
 // owned by the returned entries and nothing else writes to it. Bytes after
 // the Bundle object are ignored, as json.Decoder did.
 func decodeBundle(r io.Reader, total *int) ([]exporter.Entry, string, error) {
+	var m bundleMeta
+	entries, next, err := decodePage(r, &m)
+	if m.hasTotal {
+		*total = m.total
+	}
+	return entries, next, err
+}
+
+// bundleMeta is what a page says of its search besides its entries.
+type bundleMeta struct {
+	total    int
+	hasTotal bool   // Bundle.total was present (a number)
+	self     string // the url of the first link of relation "self"
+}
+
+// decodePage is decodeBundle that also reports whether the Bundle had a
+// total and its self link.
+func decodePage(r io.Reader, m *bundleMeta) ([]exporter.Entry, string, error) {
 	body, err := readPage(r, maxPageBytes)
 	if err != nil {
 		return nil, "", err
 	}
-	return parseBundle(body, total)
+	return parseBundle(body, m)
 }
 
 // readPage reads r to its end, refusing more than limit bytes. It sizes its
@@ -812,7 +830,7 @@ func bundleMember(name []byte) int {
 }
 
 // parseBundle decodes the Bundle page held in buf (see decodeBundle).
-func parseBundle(buf []byte, total *int) ([]exporter.Entry, string, error) {
+func parseBundle(buf []byte, m *bundleMeta) ([]exporter.Entry, string, error) {
 	s := &scanner{buf: buf, stack: make([]byte, 0, 64)}
 	b := &pageBuilder{s: s}
 	s.skipWS()
@@ -875,9 +893,9 @@ func parseBundle(buf []byte, total *int) ([]exporter.Entry, string, error) {
 				}
 			}
 		case bTotal:
-			err = s.total(total)
+			err = s.total(&m.total, &m.hasTotal)
 		case bLink:
-			err = s.link(&next)
+			err = s.link(&next, &m.self)
 		case bEntry:
 			err = b.entryArray()
 		default:
@@ -908,8 +926,8 @@ func cmpErr(err, bad error) error {
 	return bad
 }
 
-// total reads Bundle.total: an integer, or null (no change).
-func (s *scanner) total(total *int) error {
+// total reads Bundle.total: an integer (has is set), or null (no change).
+func (s *scanner) total(total *int, has *bool) error {
 	buf := s.buf
 	if s.pos >= len(buf) {
 		return io.ErrUnexpectedEOF
@@ -930,7 +948,7 @@ func (s *scanner) total(total *int) error {
 		if err != nil {
 			return &jsonTypeError{kind: "number " + clip(string(buf[at:end]), 64), into: "Bundle.total", Offset: int64(at)}
 		}
-		*total = int(n)
+		*total, *has = int(n), true
 		return nil
 	}
 	if err := s.skipValue(0); err != nil {
@@ -940,8 +958,8 @@ func (s *scanner) total(total *int) error {
 }
 
 // link reads Bundle.link; the url of its first link of relation "next"
-// (with a url) replaces *next.
-func (s *scanner) link(next *string) error {
+// (with a url) replaces *next, and that of its first "self" link *self.
+func (s *scanner) link(next, self *string) error {
 	buf := s.buf
 	if s.pos >= len(buf) {
 		return io.ErrUnexpectedEOF
@@ -960,9 +978,9 @@ func (s *scanner) link(next *string) error {
 		return typeErr(buf, at, "Bundle.link")
 	}
 	var (
-		bad   error
-		url   strField
-		found bool
+		bad             error
+		url, selfURL    strField
+		found, selfSeen bool
 	)
 	more, err := s.open(']')
 	for err == nil && more {
@@ -977,6 +995,9 @@ func (s *scanner) link(next *string) error {
 			err = s.stringFields(2, "relation", "url", &rel, &u, &bad)
 			if err == nil && !found && !u.empty() && s.is(rel, "next") {
 				url, found = u, true
+			}
+			if err == nil && !selfSeen && !u.empty() && s.is(rel, "self") {
+				selfURL, selfSeen = u, true
 			}
 		default:
 			if err = s.skipValue(1); err == nil && bad == nil {
@@ -995,6 +1016,9 @@ func (s *scanner) link(next *string) error {
 	}
 	if found {
 		*next = s.str(url)
+	}
+	if selfSeen {
+		*self = s.str(selfURL)
 	}
 	return nil
 }

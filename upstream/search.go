@@ -97,10 +97,11 @@ func (c *Client) follow(ctx context.Context, r *request, resourceType string, n 
 	for ; ; n++ {
 		var entries []exporter.Entry
 		var next string
-		var total int
+		var meta bundleMeta
 		err := c.do(ctx, r, func(body *bodyReader) error {
 			var err error
-			entries, next, err = decodeBundle(body, &total)
+			meta = bundleMeta{}
+			entries, next, err = decodePage(body, &meta)
 			return err
 		})
 		if err != nil {
@@ -108,7 +109,7 @@ func (c *Client) follow(ctx context.Context, r *request, resourceType string, n 
 		}
 		c.pages.Add(1)
 
-		page := &exporter.Page{Entries: entries, Total: total}
+		page := &exporter.Page{Entries: entries, Total: meta.total, HasTotal: meta.hasTotal, Self: meta.self}
 		var nextURL string
 		var nextErr error
 		if next != "" {
@@ -229,13 +230,23 @@ func decodeCapabilities(r io.Reader) (*exporter.Capabilities, error) {
 			if caps.Types == nil {
 				caps.Types = map[string][]string{}
 			}
+			searchable := len(res.Interaction) == 0
 			for _, in := range res.Interaction {
-				if in.Code == "history-type" {
+				switch in.Code {
+				case "history-type":
 					if caps.History == nil {
 						caps.History = map[string]bool{}
 					}
 					caps.History[res.Type] = true
+				case "search-type":
+					searchable = true
 				}
+			}
+			if !searchable {
+				if caps.NotSearchable == nil {
+					caps.NotSearchable = map[string]bool{}
+				}
+				caps.NotSearchable[res.Type] = true
 			}
 			names := caps.Types[res.Type]
 			if names == nil {

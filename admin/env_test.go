@@ -158,7 +158,7 @@ func groupRequest(group, client string) exporter.Request {
 	return exporter.Request{
 		Level:        exporter.LevelGroup,
 		GroupID:      group,
-		Types:        slices.Clone(exporter.DefaultTypes),
+		Types:        slices.Clone(exporter.USCoreTypes),
 		OutputFormat: "application/fhir+ndjson",
 		BaseURL:      base,
 		RequestURL:   base + "/Group/" + group + "/$export",

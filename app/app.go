@@ -114,6 +114,10 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 	if err != nil {
 		return fail(err)
 	}
+	typePolicy, err := exporter.ParseTypePolicy(cfg.Export.DefaultTypes)
+	if err != nil {
+		return fail(fmt.Errorf("export.default_types: %w", err))
+	}
 	a.service, err = exporter.New(exporter.Options{
 		Store:           st,
 		Blobs:           bl,
@@ -132,6 +136,8 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		MaxPatients:        cfg.Export.MaxPatients,
 		FailOnPartial:      cfg.Export.FailOnPartial,
 		NoSystemSlices:     !cfg.Export.SliceSystemExports,
+		DefaultTypes:       typePolicy,
+		GiveUpAfter:        giveUpAfter(cfg.UpstreamHTTP.GiveUpAfter),
 	})
 	if err != nil {
 		return fail(err)
@@ -555,4 +561,13 @@ func (a *App) UpstreamConcurrency() int {
 		return a.adaptive.Current()
 	}
 	return a.cfg.Export.Concurrency
+}
+
+// giveUpAfter maps upstream_http.give_up_after to the exporter's option: 0
+// there means no retries beyond the client's own (negative here).
+func giveUpAfter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

@@ -61,7 +61,7 @@ func BenchmarkGroupExportRequests(b *testing.B) {
 				}
 				b.ReportMetric(float64(sim.Requests()), "upstream-requests")
 				b.ReportMetric(float64(resources), "resources")
-				b.ReportMetric(float64(len(exporter.DefaultTypes)), "types")
+				b.ReportMetric(float64(len(exporter.CandidateTypes(exporter.LevelGroup))), "types")
 				_ = a.Shutdown(ctx)
 			}
 		})

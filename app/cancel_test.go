@@ -98,5 +98,5 @@ func TestOperatorCancelsRunningAndQueuedJobs(t *testing.T) {
 	}
 	// The proxy runs new exports afterwards.
 	m, _ := e.export("all", nil)
-	e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.DefaultTypes})
+	e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.CandidateTypes(exporter.LevelGroup)})
 }

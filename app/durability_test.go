@@ -45,7 +45,7 @@ func TestExportUnderUpstreamFaults(t *testing.T) {
 		ex, _ := e.client.Collect(context.Background(), m)
 		t.Errorf("error files under retryable faults: %+v %s", m.Error, bytes.Join(ex.Errors, []byte("\n")))
 	}
-	e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.DefaultTypes})
+	e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.CandidateTypes(exporter.LevelGroup)})
 	fc := e.sim.FaultCounts()
 	if fc.Errors == 0 || fc.Throttles == 0 {
 		t.Errorf("the faults did not happen: %+v", fc)

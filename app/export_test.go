@@ -31,7 +31,7 @@ func TestGroupExportMatchesGroundTruth(t *testing.T) {
 		if m.RequiresAccessToken || len(m.Error) != 0 {
 			t.Errorf("manifest: requiresAccessToken=%v error=%v", m.RequiresAccessToken, m.Error)
 		}
-		ex := e.verify(m, fhirtest.Query{GroupID: group, Types: exporter.DefaultTypes})
+		ex := e.verify(m, fhirtest.Query{GroupID: group, Types: exporter.CandidateTypes(exporter.LevelGroup)})
 		for _, typ := range []string{"Practitioner", "Organization", "Location", "Medication", "Patient", "Observation"} {
 			if len(ex.Resources[typ]) == 0 {
 				t.Errorf("group %s: no %s exported", group, typ)

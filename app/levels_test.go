@@ -41,7 +41,7 @@ func (e *env) postExport(path, body string) (*http.Response, []byte) {
 func TestSystemExportMatchesGroundTruth(t *testing.T) {
 	e := newEnv(t, fhirtest.Options{}, nil)
 	m := e.exportAt("/$export", nil)
-	e.verify(m, fhirtest.Query{System: true, Types: exporter.DefaultTypes})
+	e.verify(m, fhirtest.Query{System: true, Types: exporter.CandidateTypes(exporter.LevelSystem)})
 	// A type outside the patient compartment is exportable at system level.
 	m = e.exportAt("/$export", url.Values{"_type": {"Practitioner,Organization"}})
 	e.verify(m, fhirtest.Query{System: true, Types: []string{"Practitioner", "Organization"}})
@@ -53,7 +53,7 @@ func TestPatientExportMatchesGroundTruth(t *testing.T) {
 	if !strings.HasSuffix(m.Request, "/Patient/$export") {
 		t.Errorf("request %s", m.Request)
 	}
-	e.verify(m, fhirtest.Query{Types: exporter.DefaultTypes})
+	e.verify(m, fhirtest.Query{Types: exporter.CandidateTypes(exporter.LevelPatient)})
 }
 
 func TestPatientParameter(t *testing.T) {

@@ -33,7 +33,10 @@ func TestDemoDataAtEveryLevel(t *testing.T) {
 	for _, l := range levels {
 		m := e.exportAt(l.path, nil)
 		q := l.query
-		q.Types = exporter.DefaultTypes
+		q.Types = exporter.CandidateTypes(exporter.LevelGroup)
+		if q.System {
+			q.Types = exporter.CandidateTypes(exporter.LevelSystem)
+		}
 		e.verify(m, q)
 	}
 }

@@ -81,7 +81,7 @@ func TestMetricsFollowAnExport(t *testing.T) {
 		c.UpstreamHTTP.Retries = 8
 	})
 	m, _ := e.export("all", nil)
-	ex := e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.DefaultTypes})
+	ex := e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.CandidateTypes(exporter.LevelGroup)})
 	e.do(http.MethodGet, "/Patient?_count=1", nil, "")
 
 	mf := scrape(t, e.app.URL()+MetricsPath, nil)
@@ -326,7 +326,7 @@ func TestLogsCarryRequestAndJobIDs(t *testing.T) {
 		t.Errorf("an invalid X-Request-Id was not replaced: %q", made)
 	}
 	m, _ := e.export("all", nil)
-	e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.DefaultTypes})
+	e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.CandidateTypes(exporter.LevelGroup)})
 	if e.sim.FaultCounts().Errors == 0 {
 		t.Fatal("no faults injected: no retry lines to check")
 	}

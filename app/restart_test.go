@@ -71,7 +71,7 @@ func TestRestartKeepsCompletedAndFinishesRunning(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.DefaultTypes})
+			e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.CandidateTypes(exporter.LevelGroup)})
 		})
 	}
 }

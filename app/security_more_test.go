@@ -98,7 +98,7 @@ func TestIntrospectionAuth(t *testing.T) {
 	if !m.RequiresAccessToken {
 		t.Error("manifest requiresAccessToken false")
 	}
-	e.verify(m, fhirtest.Query{GroupID: "small", Types: exporter.DefaultTypes})
+	e.verify(m, fhirtest.Query{GroupID: "small", Types: exporter.CandidateTypes(exporter.LevelGroup)})
 	if is.calls.Load() == 0 {
 		t.Error("the introspection endpoint was never asked")
 	}

@@ -153,7 +153,7 @@ func TestBuiltinAuthGroupExport(t *testing.T) {
 		if !m.RequiresAccessToken {
 			t.Errorf("%s: manifest requiresAccessToken false", c.id)
 		}
-		e.verify(m, fhirtest.Query{GroupID: "small", Types: exporter.DefaultTypes})
+		e.verify(m, fhirtest.Query{GroupID: "small", Types: exporter.CandidateTypes(exporter.LevelGroup)})
 	}
 
 	// Discovery: .well-known at the FHIR base and the host root, the

@@ -115,7 +115,7 @@ func naiveRequests(patients int, compartmentTypes []string, counts map[string]in
 // compartment that the upstream serves.
 func compartmentTypes(sim *fhirtest.Server) []string {
 	var out []string
-	for _, t := range exporter.DefaultTypes {
+	for _, t := range exporter.CandidateTypes(exporter.LevelGroup) {
 		if _, ok := exporter.CompartmentParam(t); ok && !exporter.IsReferencedType(t) && sim.Count(t) > 0 {
 			out = append(out, t)
 		}

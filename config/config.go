@@ -125,6 +125,11 @@ type ExportConfig struct {
 	// into _lastUpdated slices searched in parallel (a few _summary=count
 	// probes per type). Default true.
 	SliceSystemExports bool `yaml:"slice_system_exports" usage:"search large types of system-level exports in parallel _lastUpdated slices"`
+	// DefaultTypes is the type set of an export without _type: "all" (every
+	// type the upstream's CapabilityStatement declares, as the IG asks),
+	// "us-core" (the USCDI v1 / US Core set, as Oracle Health exports), or a
+	// comma-separated list of resource types. Default "all".
+	DefaultTypes string `yaml:"default_types" usage:"types of an export without _type: all (what the upstream declares), us-core, or a comma-separated list"`
 }
 
 // UpstreamHTTPConfig tunes the HTTP client used towards the upstream.
@@ -136,6 +141,10 @@ type UpstreamHTTPConfig struct {
 	DialTimeout time.Duration `yaml:"dial_timeout" usage:"upstream connection set-up timeout"`
 	// Retries is how often a failed page GET is retried. Default 5.
 	Retries int `yaml:"retries" usage:"retries of a failed upstream page GET"`
+	// GiveUpAfter is how long an export keeps retrying a page that keeps
+	// failing (5xx, 429, timeouts, cut connections), from its checkpoint
+	// with backoff, before the search goes to the error file. Default 15m.
+	GiveUpAfter time.Duration `yaml:"give_up_after" usage:"how long an export retries a failing upstream page before giving up on that search"`
 	// CAFile is a PEM file of CA certificates trusted (besides the system
 	// pool) for TLS to the upstream, by both the pass-through and export
 	// jobs. Empty: the system pool only.

@@ -44,11 +44,13 @@ func Default() Config {
 			MaxActive:          10,
 			PollThrottle:       true,
 			SliceSystemExports: true,
+			DefaultTypes:       "all",
 		},
 		UpstreamHTTP: UpstreamHTTPConfig{
 			ResponseHeaderTimeout: 60 * time.Second,
 			DialTimeout:           10 * time.Second,
 			Retries:               5,
+			GiveUpAfter:           15 * time.Minute,
 		},
 		Auth:         AuthConfig{Mode: AuthNone, TokenTTL: MaxTokenTTL},
 		UpstreamAuth: UpstreamAuthConfig{Mode: UpstreamAuthNone},

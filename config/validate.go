@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 )
 
 // ReservedPaths are the root paths of the operator surface (health,
@@ -113,6 +115,12 @@ func (c *Config) Validate() error {
 	}
 	if c.UpstreamHTTP.Retries < 0 {
 		add("upstream_http.retries must be >= 0")
+	}
+	if c.UpstreamHTTP.GiveUpAfter < 0 {
+		add("upstream_http.give_up_after must be >= 0")
+	}
+	if _, err := exporter.ParseTypePolicy(c.Export.DefaultTypes); err != nil {
+		add("export.default_types: %v", err)
 	}
 	if c.Admin.ReadyTimeout <= 0 {
 		add("admin.ready_timeout must be > 0")

@@ -15,7 +15,7 @@ func benchResources(tb testing.TB, types ...string) [][]byte {
 	tb.Helper()
 	sim := fhirtest.New(fhirtest.Options{Patients: 5, Seed: 1})
 	if len(types) == 0 {
-		types = DefaultTypes
+		types = USCoreTypes
 	}
 	exp := sim.Expected(fhirtest.Query{GroupID: "all", Types: types})
 	var keys []string
@@ -99,13 +99,13 @@ func BenchmarkBuildManifest(b *testing.B) {
 		State:           StateCompleted,
 		TransactionTime: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
 		Request: Request{
-			Level: LevelGroup, GroupID: "all", Types: DefaultTypes,
+			Level: LevelGroup, GroupID: "all", Types: USCoreTypes,
 			RequestURL: "http://proxy.example/fhir/Group/all/$export", BaseURL: "http://proxy.example/fhir",
 		},
 	}
 	for i := 0; i < 200; i++ {
 		j.Files = append(j.Files, File{ID: fmt.Sprintf("f%04d-0123456789abcdef", i), JobID: j.ID, Kind: KindOutput,
-			Type: DefaultTypes[i%len(DefaultTypes)], Key: fmt.Sprintf("job-1/%d.ndjson", i), Count: int64(1000 + i), Size: 1 << 20})
+			Type: USCoreTypes[i%len(USCoreTypes)], Key: fmt.Sprintf("job-1/%d.ndjson", i), Count: int64(1000 + i), Size: 1 << 20})
 	}
 	j.Files = append(j.Files, File{ID: "err-1", JobID: j.ID, Kind: KindError, Type: "OperationOutcome", Count: 3})
 	b.ReportAllocs()

@@ -85,13 +85,14 @@ func (r *jobRun) plan(ctx context.Context) error {
 	}
 	sizes := make([]int, len(searches))
 	windows := make([][][]string, len(searches))
+	empty := make([]bool, len(searches))
 	if req.Level == LevelSystem {
 		r.setPhase("counting resources")
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(r.s.opts.UnitConcurrency)
 		for i, sr := range searches {
 			g.Go(func() error {
-				windows[i] = r.systemWindows(gctx, sr.t, sr.f)
+				windows[i], empty[i] = r.systemWindows(gctx, sr.t, sr.f)
 				return nil
 			})
 		}
@@ -117,6 +118,9 @@ func (r *jobRun) plan(ctx context.Context) error {
 	var units []Unit
 	for i, sr := range searches {
 		if req.Level == LevelSystem {
+			if empty[i] {
+				continue // counted empty: no search
+			}
 			if len(windows[i]) == 0 {
 				units = append(units, Unit{ID: len(units), Type: sr.t, Filter: sr.f, State: UnitPending})
 			}
@@ -124,6 +128,9 @@ func (r *jobRun) plan(ctx context.Context) error {
 				units = append(units, Unit{ID: len(units), Type: sr.t, Filter: sr.f, Window: w, State: UnitPending})
 			}
 			continue
+		}
+		if sizes[i] == 0 {
+			continue // counted empty: no search
 		}
 		param, _ := CompartmentParam(sr.t)
 		us := r.batchesOf(len(units), 0, sr.t, param, members, sizes[i])
@@ -136,7 +143,7 @@ func (r *jobRun) plan(ctx context.Context) error {
 		hist, notes := r.historyUnits(ctx, len(units))
 		units = append(units, hist...)
 		if len(notes) > 0 {
-			j, err := r.s.opts.Store.Update(ctx, r.job.ID, func(j *Job) error { j.Notes = notes; return nil })
+			j, err := r.s.opts.Store.Update(ctx, r.job.ID, func(j *Job) error { j.Notes = append(j.Notes, notes...); return nil })
 			if err != nil {
 				return &fatal{err}
 			}
@@ -154,17 +161,34 @@ func (r *jobRun) plan(ctx context.Context) error {
 const historyParam = "_history"
 
 // historyUnits plans one unit per type whose deletions the upstream can
-// list (its CapabilityStatement declares history-type); the notes say for
-// which types it cannot.
+// list; the notes say for which types it cannot. A type has history when
+// the CapabilityStatement declares history-type for it, or else when a
+// [type]/_history?_count=1 probe answers with a Bundle (servers declare
+// history at system level, or not at all, and still serve it).
 func (r *jobRun) historyUnits(ctx context.Context, firstID int) ([]Unit, []string) {
 	caps, err := r.up.Capabilities(ctx)
 	if err != nil {
-		return nil, []string{"deleted resources are not listed: the upstream server's CapabilityStatement could not be read"}
+		caps = nil
 	}
+	types := r.job.Request.Types
+	has := make([]bool, len(types))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.s.opts.UnitConcurrency)
+	for i, t := range types {
+		if caps != nil && caps.History[t] {
+			has[i] = true
+			continue
+		}
+		g.Go(func() error {
+			has[i] = r.probeHistory(gctx, t)
+			return nil
+		})
+	}
+	_ = g.Wait()
 	var units []Unit
 	var missing []string
-	for _, t := range r.job.Request.Types {
-		if caps.History[t] {
+	for i, t := range types {
+		if has[i] {
 			units = append(units, Unit{ID: firstID + len(units), Type: t, Param: historyParam, State: UnitPending})
 		} else {
 			missing = append(missing, t)
@@ -175,6 +199,14 @@ func (r *jobRun) historyUnits(ctx context.Context, firstID int) ([]Unit, []strin
 			": the upstream server does not offer _history for them"}
 	}
 	return units, nil
+}
+
+// probeHistory asks the upstream for one entry of a type's history.
+func (r *jobRun) probeHistory(ctx context.Context, rtype string) bool {
+	err := r.up.History(ctx, rtype, url.Values{"_count": {"1"}}, func(*Page) error { return errFirstPage })
+	ok := errors.Is(err, errFirstPage)
+	r.log.Debug().Str("type", rtype).Bool("history", ok).Msg("probed _history")
+	return ok
 }
 
 // Batches are sized by density. One search of many patients wastes at most
@@ -191,7 +223,8 @@ const (
 	pagesPerUnit = 12
 )
 
-// batchSize returns the number of patients per search for a type.
+// batchSize returns the number of patients per search for a type; 0 when
+// the count probe found none of the type.
 func (r *jobRun) batchSize(ctx context.Context, rtype, param, filter string, members []string) int {
 	if len(members) <= probeMin || r.s.listsUnsupported(r.base, rtype) {
 		return r.s.opts.BatchSize
@@ -203,19 +236,20 @@ func (r *jobRun) batchSize(ctx context.Context, rtype, param, filter string, mem
 		}
 	}
 	params.Set(param, strings.Join(members, ","))
-	params.Set("_summary", "count")
 	params["_lastUpdated"] = r.lastUpdated
-	total := -1
-	err := r.up.Search(ctx, rtype, params, func(p *Page) error { total = p.Total; return nil })
+	total, ok, err := countOf(ctx, r.up, rtype, params)
 	if listRejected(err) {
 		// The upstream takes no comma lists for this type: one search per
 		// patient, in enough units to run in parallel.
 		r.s.noLists.Store(r.base+"|"+rtype, true)
 		return (len(members) + 2*r.s.opts.UnitConcurrency - 1) / (2 * r.s.opts.UnitConcurrency)
 	}
-	if err != nil || total < 0 {
-		r.log.Debug().Err(err).Str("type", rtype).Msg("count probe failed; default batches")
+	if err != nil || !ok {
+		r.log.Debug().Err(err).Str("type", rtype).Bool("no_total", err == nil).Msg("count probe gave no count; default batches")
 		return r.s.opts.BatchSize
+	}
+	if total == 0 {
+		return 0 // nothing to search
 	}
 	pages := (total + r.s.opts.PageSize - 1) / r.s.opts.PageSize
 	n := min(max((pages+pagesPerUnit-1)/pagesPerUnit, 1), 2*r.s.opts.UnitConcurrency)
@@ -308,18 +342,15 @@ const (
 
 // systemWindows returns the _lastUpdated bounds of each slice of a type,
 // in time order; nil for one unsliced search (a small type, or counts the
-// upstream does not give).
-func (r *jobRun) systemWindows(ctx context.Context, rtype, filter string) [][]string {
-	if r.s.opts.NoSystemSlices {
-		return nil
-	}
+// upstream does not give). empty is true when the type has nothing to
+// export (its count is 0): no search is needed.
+func (r *jobRun) systemWindows(ctx context.Context, rtype, filter string) (out [][]string, empty bool) {
 	base := url.Values{}
 	if filter != "" {
 		if fq, err := url.ParseQuery(filter); err == nil {
 			base = fq
 		}
 	}
-	base.Set("_summary", "count")
 	probes := 0
 	count := func(bounds []string) (int, error) {
 		probes++
@@ -328,11 +359,11 @@ func (r *jobRun) systemWindows(ctx context.Context, rtype, filter string) [][]st
 			params[k] = v
 		}
 		params["_lastUpdated"] = append(slices.Clone(r.lastUpdated), bounds...)
-		total := -1
-		if err := r.up.Search(ctx, rtype, params, func(p *Page) error { total = p.Total; return nil }); err != nil {
+		total, ok, err := countOf(ctx, r.up, rtype, params)
+		if err != nil {
 			return 0, err
 		}
-		if total < 0 {
+		if !ok {
 			return 0, errors.New("the count probe gave no total")
 		}
 		return total, nil
@@ -340,12 +371,18 @@ func (r *jobRun) systemWindows(ctx context.Context, rtype, filter string) [][]st
 	total, err := count(nil)
 	if err != nil {
 		r.log.Debug().Err(err).Str("type", rtype).Msg("count probe failed; one search for the type")
-		return nil
+		return nil, false
+	}
+	if total == 0 {
+		return nil, true
+	}
+	if r.s.opts.NoSystemSlices {
+		return nil, false
 	}
 	pages := (total + r.s.opts.PageSize - 1) / r.s.opts.PageSize
 	n := min((pages+pagesPerUnit-1)/pagesPerUnit, 2*r.s.opts.UnitConcurrency)
 	if n <= 1 {
-		return nil
+		return nil, false
 	}
 	target := (total + n - 1) / n
 	end := r.job.TransactionTime.UTC()
@@ -377,7 +414,7 @@ func (r *jobRun) systemWindows(ctx context.Context, rtype, filter string) [][]st
 	// know what the open slice before start holds.
 	recent, err := count([]string{"gt" + start.Format(instantFormat)})
 	if err != nil {
-		return nil
+		return nil, false
 	}
 	leaves := []leaf{{lo: start, hi: end, n: recent}}
 	maxProbes := 4*n + 8
@@ -392,7 +429,7 @@ func (r *jobRun) systemWindows(ctx context.Context, rtype, filter string) [][]st
 			left := leaf{lo: l.lo, hi: mid}
 			var err error
 			if left.n, err = count(bounds(left, false)); err != nil {
-				return nil
+				return nil, false
 			}
 			right := leaf{lo: mid, hi: l.hi, n: max(l.n-left.n, 0)}
 			leaves = slices.Replace(leaves, i, i+1, left, right)
@@ -412,12 +449,12 @@ func (r *jobRun) systemWindows(ctx context.Context, rtype, filter string) [][]st
 		slicesOut = append(slicesOut, l)
 	}
 	if len(slicesOut) <= 1 {
-		return nil
+		return nil, false
 	}
-	out := make([][]string, len(slicesOut))
+	out = make([][]string, len(slicesOut))
 	for i, l := range slicesOut {
 		out[i] = bounds(l, i == 0)
 	}
 	r.log.Debug().Str("type", rtype).Int("total", total).Int("slices", len(out)).Int("probes", probes).Msg("sliced by _lastUpdated")
-	return out
+	return out, false
 }

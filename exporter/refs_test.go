@@ -59,7 +59,7 @@ func TestTransitionsTable(t *testing.T) {
 }
 
 func TestExportable(t *testing.T) {
-	for _, typ := range DefaultTypes {
+	for _, typ := range USCoreTypes {
 		if !Exportable(typ) || !IsResourceType(typ) {
 			t.Errorf("default type %s must be exportable", typ)
 		}

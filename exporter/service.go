@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,6 +42,14 @@ type Options struct {
 	// by default such units go to the error file and a job fails only when
 	// nothing could be exported.
 	FailOnPartial bool
+	// DefaultTypes narrows the types of exports without _type (zero: every
+	// type the upstream declares).
+	DefaultTypes TypePolicy
+	// GiveUpAfter is how long a work unit keeps retrying a search that
+	// keeps failing for reasons that may pass (5xx, 429, timeouts), from
+	// its checkpoint with backoff, before it goes to the error file
+	// (default 15m; negative: no retries beyond the client's own).
+	GiveUpAfter time.Duration
 	// NoSystemSlices searches every type of a system-level export as one
 	// search instead of _lastUpdated slices (systemWindows).
 	NoSystemSlices bool
@@ -112,6 +121,9 @@ func New(o Options) (*Service, error) {
 	}
 	if o.UnitConcurrency <= 0 {
 		o.UnitConcurrency = 4
+	}
+	if o.GiveUpAfter == 0 {
+		o.GiveUpAfter = 15 * time.Minute
 	}
 	if o.MaxActivePerClient == 0 {
 		o.MaxActivePerClient = 1
@@ -235,27 +247,47 @@ func (s *Service) Draining() bool {
 
 // checkTypes keeps the requested types the upstream supports. An explicit
 // type it does not support is an error, or ignored and reported when the
-// request is lenient; default types it does not support are left out.
-func (s *Service) checkTypes(ctx context.Context, up Upstream, req *Request) error {
+// request is lenient. Without _type, the request holds CandidateTypes and
+// the export keeps those the upstream declares (searchable ones at system
+// level) that the DefaultTypes policy allows; when the upstream declares
+// no types, the US Core set, with a note. An upstream that cannot be
+// reached is an error (503): the export could not run either.
+func (s *Service) checkTypes(ctx context.Context, up Upstream, req *Request) (notes []string, err error) {
 	caps, err := up.Capabilities(ctx)
+	if k := ErrorKind(err); k == EUNAVAILABLE || k == ETIMEOUT {
+		return nil, err
+	}
 	if err != nil {
 		s.log.Warn().Err(err).Msg("upstream CapabilityStatement unavailable; assuming every type is supported")
-		return nil
+		caps = nil
 	}
 	kept := req.Types[:0:0]
 	for _, t := range req.Types {
 		switch {
+		case !req.ExplicitTypes && (t == "Provenance" && req.AssociatedProvenance):
+			kept = append(kept, t) // asked for by includeAssociatedData
+		case !req.ExplicitTypes && !caps.Declared():
+			if slices.Contains(USCoreTypes, t) && s.opts.DefaultTypes.keeps(t) {
+				kept = append(kept, t)
+			}
+		case !req.ExplicitTypes:
+			if caps.Supports(t) && !caps.NotSearchable[t] && s.opts.DefaultTypes.keeps(t) {
+				kept = append(kept, t)
+			}
 		case caps.Supports(t):
 			kept = append(kept, t)
-		case !req.ExplicitTypes:
 		case req.Lenient:
 			req.Ignored = append(req.Ignored, fmt.Sprintf("_type %s is not supported by the upstream server and was ignored", t))
 		default:
-			return &Error{Kind: EINVALID, Param: "_type", Message: fmt.Sprintf("resource type %s is not supported by the upstream server", t)}
+			return nil, &Error{Kind: EINVALID, Param: "_type", Message: fmt.Sprintf("resource type %s is not supported by the upstream server", t)}
 		}
 	}
+	if !req.ExplicitTypes && !caps.Declared() {
+		notes = append(notes, "the upstream server's CapabilityStatement lists no resource types, so this export "+
+			"without _type covers the US Core types only; name the types with _type to export others")
+	}
 	req.Types = kept
-	return nil
+	return notes, nil
 }
 
 func (s *Service) notify() {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -21,13 +22,15 @@ func (s *Service) Submit(ctx context.Context, req Request) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.checkPatients(ctx, up, &req); err != nil {
+	members, err := s.checkPatients(ctx, up, &req)
+	if err != nil {
 		return nil, err
 	}
-	if err := s.checkTypes(ctx, up, &req); err != nil {
+	notes, err := s.checkTypes(ctx, up, &req)
+	if err != nil {
 		return nil, err
 	}
-	if err := checkTypeFilters(ctx, up, &req); err != nil {
+	if err := s.checkTypeFilters(ctx, up, &req, members); err != nil {
 		return nil, err
 	}
 	now := s.opts.Now().UTC()
@@ -43,6 +46,7 @@ func (s *Service) Submit(ctx context.Context, req Request) (*Job, error) {
 		CreatedAt:       now,
 		UpdatedAt:       now,
 		Reason:          "submitted",
+		Notes:           notes,
 	}
 	s.submitMu.Lock()
 	err = s.checkActive(ctx, req.ClientID)
@@ -53,7 +57,7 @@ func (s *Service) Submit(ctx context.Context, req Request) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info().Str("job_id", job.ID).Str("level", string(req.Level)).Str("group", req.GroupID).
+	s.log.Info().Str("job_id", job.ID).Str("export_level", string(req.Level)).Bool("group", req.GroupID != "").
 		Strs("types", req.Types).Msg("export job queued")
 	s.notify()
 	return job, nil
@@ -84,14 +88,16 @@ func (s *Service) checkActive(ctx context.Context, clientID string) error {
 }
 
 // checkPatients checks the Group, the patient parameter and the patient
-// limit.
-func (s *Service) checkPatients(ctx context.Context, up Upstream, req *Request) error {
+// limit, and returns the export's patients when the kick-off had to read
+// them anyway (nil for all patients).
+func (s *Service) checkPatients(ctx context.Context, up Upstream, req *Request) ([]string, error) {
 	var count int
+	var members []string
 	switch req.Level {
 	case LevelGroup:
-		members, err := readGroup(ctx, up, req.GroupID)
-		if err != nil {
-			return err
+		var err error
+		if members, err = readGroup(ctx, up, req.GroupID); err != nil {
+			return nil, err
 		}
 		count = len(members)
 		if len(req.Patients) > 0 {
@@ -101,70 +107,130 @@ func (s *Service) checkPatients(ctx context.Context, up Upstream, req *Request) 
 			}
 			for _, p := range req.Patients {
 				if !in[p] {
-					return &Error{Kind: EINVALID, Param: "patient", Message: fmt.Sprintf("Patient/%s is not a member of Group/%s", p, req.GroupID)}
+					return nil, &Error{Kind: EINVALID, Param: "patient", Message: fmt.Sprintf("Patient/%s is not a member of Group/%s", p, req.GroupID)}
 				}
 			}
-			count = len(req.Patients)
+			members, count = req.Patients, len(req.Patients)
 		}
 	case LevelPatient:
 		if len(req.Patients) == 0 {
-			n, err := countPatients(ctx, up)
-			if err != nil {
-				return err
+			if s.opts.MaxPatients <= 0 {
+				return nil, nil
 			}
-			count = n
+			n, ok, err := countOf(ctx, up, "Patient", nil)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				count = n
+			}
 			break
 		}
 		found, err := existingPatients(ctx, up, req.Patients, s.opts.BatchSize)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, p := range req.Patients {
 			if !found[p] {
-				return &Error{Kind: EINVALID, Param: "patient", Message: fmt.Sprintf("Patient/%s does not exist on the upstream server", p)}
+				return nil, &Error{Kind: EINVALID, Param: "patient", Message: fmt.Sprintf("Patient/%s does not exist on the upstream server", p)}
 			}
 		}
-		count = len(req.Patients)
+		members, count = req.Patients, len(req.Patients)
 	default:
-		return nil
+		return nil, nil
 	}
 	if s.opts.MaxPatients > 0 && count > s.opts.MaxPatients {
-		return &Error{Kind: ETOOLARGE, Message: fmt.Sprintf("the export covers %d patients; this server exports at most %d at once (use the patient parameter or a smaller Group)", count, s.opts.MaxPatients)}
+		return nil, &Error{Kind: ETOOLARGE, Message: fmt.Sprintf("the export covers %d patients; this server exports at most %d at once (use the patient parameter or a smaller Group)", count, s.opts.MaxPatients)}
 	}
-	return nil
+	return members, nil
 }
 
-// countPatients asks the upstream how many patients it has (0 when it does
-// not say).
-func countPatients(ctx context.Context, up Upstream) (int, error) {
-	total := 0
-	err := up.Search(ctx, "Patient", url.Values{"_summary": {"count"}}, func(p *Page) error {
-		total = p.Total
+// probePatients bounds the patients a _typeFilter probe names.
+const probePatients = 50
+
+// checkTypeFilters checks every _typeFilter with one bounded request each,
+// never a scan of the server: a search parameter the upstream does not
+// declare for the type (where it declares any), or that its answer's self
+// link leaves out (servers that ignore unknown parameters return everything
+// or nothing), is an error, or with lenient handling the filter is dropped
+// and reported in the error file; a query the upstream rejects is refused
+// (422). The probe asks for one resource (_count=1), restricted to a few of
+// the export's patients at Group and Patient level.
+func (s *Service) checkTypeFilters(ctx context.Context, up Upstream, req *Request, members []string) error {
+	if len(req.TypeFilters) == 0 {
 		return nil
-	})
-	return total, err
-}
-
-// checkTypeFilters runs every _typeFilter once as a count search, so that a
-// query the upstream rejects is refused at kick-off (422) instead of
-// failing the job.
-func checkTypeFilters(ctx context.Context, up Upstream, req *Request) error {
-	for t, filters := range req.TypeFilters {
-		for _, f := range filters {
+	}
+	caps, err := up.Capabilities(ctx)
+	if err != nil {
+		caps = nil // nothing declared: only the self links tell
+	}
+	refuse := func(t, f string, names []string, why string) error {
+		slices.Sort(names)
+		msg := fmt.Sprintf("_typeFilter %s?%s uses %s, which the upstream server %s", t, unescapeCommas(f),
+			strings.Join(names, ", "), why)
+		if req.Lenient {
+			req.Ignored = append(req.Ignored, msg+"; the filter was ignored (Prefer: handling=lenient)")
+			return nil
+		}
+		return &Error{Kind: EINVALID, Param: "_typeFilter", Message: msg}
+	}
+	types := make([]string, 0, len(req.TypeFilters))
+	for t := range req.TypeFilters {
+		types = append(types, t)
+	}
+	slices.Sort(types)
+	for _, t := range types {
+		var kept []string
+		for _, f := range req.TypeFilters[t] {
 			params, err := url.ParseQuery(f)
 			if err != nil {
 				return &Error{Kind: EINVALID, Param: "_typeFilter", Message: fmt.Sprintf("_typeFilter %s?%s is malformed", t, f)}
 			}
-			params.Set("_summary", "count")
-			err = up.Search(ctx, t, params, func(*Page) error { return nil })
+			if declared := caps.Params(t); len(declared) > 0 {
+				var unknown []string
+				for name := range params {
+					if b := baseParam(name); !strings.HasPrefix(b, "_") && !slices.Contains(declared, b) {
+						unknown = append(unknown, name)
+					}
+				}
+				if len(unknown) > 0 {
+					if err := refuse(t, f, unknown, "does not declare for "+t); err != nil {
+						return err
+					}
+					continue
+				}
+			}
+			probe := url.Values{}
+			for k, v := range params {
+				probe[k] = v
+			}
+			probe.Set("_count", "1")
+			if cp, ok := CompartmentParam(t); ok && len(members) > 0 && req.Level != LevelSystem {
+				probe.Set(cp, strings.Join(members[:min(len(members), probePatients)], ","))
+			}
+			page, err := firstPage(ctx, up, t, probe)
 			if st := UpstreamStatus(err); st >= 400 && st < 500 && st != http.StatusTooManyRequests {
 				return &Error{Kind: EUNPROCESSABLE, Param: "_typeFilter", Err: err,
-					Message: fmt.Sprintf("the upstream server rejected _typeFilter %s?%s", t, strings.ReplaceAll(f, "%2C", ","))}
+					Message: fmt.Sprintf("the upstream server rejected _typeFilter %s?%s", t, unescapeCommas(f))}
 			}
 			if err != nil {
 				return err
 			}
+			if dropped := droppedParams(page.Self, params); len(dropped) > 0 {
+				if err := refuse(t, f, dropped, "ignored (the self link of its answer leaves it out)"); err != nil {
+					return err
+				}
+				continue
+			}
+			kept = append(kept, f)
+		}
+		if len(kept) == 0 {
+			delete(req.TypeFilters, t)
+		} else {
+			req.TypeFilters[t] = kept
 		}
 	}
 	return nil
 }
+
+func unescapeCommas(f string) string { return strings.ReplaceAll(f, "%2C", ",") }

@@ -1,6 +1,10 @@
 package exporter
 
 import (
+	"fmt"
+	"slices"
+	"strings"
+
 	"github.com/samply/golang-fhir-models/fhir-models/fhir"
 )
 
@@ -92,15 +96,90 @@ var referencedTypes = map[string]bool{
 	"Medication":       true,
 }
 
-// DefaultTypes is the type set of an export without _type: the USCDI v1 /
-// US Core 3.1.1 types plus the referenced Organization, Practitioner,
-// Location and Medication.
-var DefaultTypes = []string{
+// USCoreTypes is the USCDI v1 / US Core 3.1.1 type set plus the referenced
+// Organization, Practitioner, Location and Medication: what Oracle Health
+// exports without _type (export.default_types: us-core).
+var USCoreTypes = []string{
 	"AllergyIntolerance", "CarePlan", "CareTeam", "Condition", "Device",
 	"DiagnosticReport", "DocumentReference", "Encounter", "Goal",
 	"Immunization", "MedicationRequest", "Observation", "Patient",
 	"Procedure", "Provenance",
 	"Organization", "Practitioner", "Location", "Medication",
+}
+
+// systemExcluded are the types a system-level export without _type leaves
+// out although the upstream declares them: raw content and server
+// machinery, not data.
+var systemExcluded = map[string]bool{
+	"Binary": true, "Subscription": true, "Parameters": true, "OperationOutcome": true,
+}
+
+// CandidateTypes is the widest type set of an export without _type at a
+// level, sorted: every R4 type of the Patient compartment and the
+// referenced types at Group and Patient level, every R4 type (less
+// Binary, Subscription, Parameters and OperationOutcome) at system level.
+// Submit narrows it to what the upstream declares (DefaultTypes policy).
+func CandidateTypes(level Level) []string {
+	var out []string
+	for rt := fhir.ResourceTypeAccount; rt <= fhir.ResourceTypeVisionPrescription; rt++ {
+		t := rt.Code()
+		switch {
+		case level == LevelSystem && !systemExcluded[t]:
+		case level != LevelSystem && Exportable(t):
+		default:
+			continue
+		}
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TypePolicy chooses the types of an export without _type.
+type TypePolicy struct {
+	// USCore keeps USCoreTypes only.
+	USCore bool
+	// List, when not empty, keeps these types only.
+	List []string
+}
+
+// ParseTypePolicy reads export.default_types: "all" (or ""), "us-core",
+// or a comma-separated list of R4 resource types.
+func ParseTypePolicy(s string) (TypePolicy, error) {
+	switch strings.TrimSpace(s) {
+	case "", "all":
+		return TypePolicy{}, nil
+	case "us-core", "uscore", "us_core":
+		return TypePolicy{USCore: true}, nil
+	}
+	var p TypePolicy
+	for _, t := range strings.Split(s, ",") {
+		t = strings.TrimSpace(t)
+		if t == "" {
+			continue
+		}
+		if !IsResourceType(t) {
+			return p, fmt.Errorf("%q is not an R4 resource type (use all, us-core or a list of types)", t)
+		}
+		if !slices.Contains(p.List, t) {
+			p.List = append(p.List, t)
+		}
+	}
+	if len(p.List) == 0 {
+		return p, fmt.Errorf("no resource type given (use all, us-core or a list of types)")
+	}
+	return p, nil
+}
+
+// keeps reports whether the policy lets an export without _type have t.
+func (p TypePolicy) keeps(t string) bool {
+	switch {
+	case p.USCore:
+		return slices.Contains(USCoreTypes, t)
+	case len(p.List) > 0:
+		return slices.Contains(p.List, t)
+	}
+	return true
 }
 
 // CompartmentParam returns the search parameter that selects a patient's

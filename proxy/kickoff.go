@@ -307,7 +307,7 @@ func parseKickoff(level exporter.Level, params []kickoffParam, prefs preferences
 		return req, invalid("_type", "none of the requested types can be exported")
 	}
 	if !req.ExplicitTypes {
-		req.Types = slices.Clone(exporter.DefaultTypes)
+		req.Types = exporter.CandidateTypes(level)
 	}
 	if req.AssociatedProvenance && req.OrganizeBy != "" {
 		if err := ignore("includeAssociatedData", "includeAssociatedData cannot be combined with organizeOutputBy"); err != nil {

@@ -31,7 +31,7 @@ func TestKickoffTypes(t *testing.T) {
 		t.Fatalf("types = %s", got)
 	}
 	req, err = kickoffFrom(t, "GET", "/Group/g/$export", "", nil)
-	if err != nil || len(req.Types) != len(exporter.DefaultTypes) || req.ExplicitTypes {
+	if err != nil || len(req.Types) != len(exporter.CandidateTypes(exporter.LevelGroup)) || req.ExplicitTypes {
 		t.Fatalf("default types: %v %v", req.Types, err)
 	}
 	for _, bad := range []string{"_type=Foo", "_type=ValueSet", "_type=Patient,observation", "_type=,"} {

@@ -28,7 +28,7 @@ func exportParams(withPatient bool) []opParam {
 		{Name: "_until", Use: "in", Min: 0, Max: "1", Type: "instant",
 			Documentation: "only resources changed at or before this instant"},
 		{Name: "_type", Use: "in", Min: 0, Max: "*", Type: "string",
-			Documentation: "comma-separated resource types; without it the US Core (USCDI v1) types and the resources they reference"},
+			Documentation: "comma-separated resource types; without it every type the upstream server declares (Patient compartment types and the resources they reference at Group and Patient level), unless the server is configured to the US Core set or a list"},
 		{Name: "_elements", Use: "in", Min: 0, Max: "*", Type: "string",
 			Documentation: "elements to keep (elem or Type.elem); mandatory elements are kept and meta.tag SUBSETTED is added"},
 		{Name: "includeAssociatedData", Use: "in", Min: 0, Max: "*", Type: "code",

@@ -129,7 +129,7 @@ func TestKillNineDuringExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	tt, _ := time.Parse(time.RFC3339Nano, m.TransactionTime)
-	want := sim.Expected(fhirtest.Query{GroupID: "all", Types: exporter.DefaultTypes, Until: tt})
+	want := sim.Expected(fhirtest.Query{GroupID: "all", Types: exporter.CandidateTypes(exporter.LevelGroup), Until: tt})
 	problems := append(ex.Problems, bulkclient.Diff(want, ex.Resources, 20)...)
 	for _, pr := range problems {
 		t.Error(pr)
@@ -210,7 +210,7 @@ func TestSIGTERMMidExportResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	tt, _ := time.Parse(time.RFC3339Nano, m.TransactionTime)
-	want := sim.Expected(fhirtest.Query{GroupID: "all", Types: exporter.DefaultTypes, Until: tt})
+	want := sim.Expected(fhirtest.Query{GroupID: "all", Types: exporter.CandidateTypes(exporter.LevelGroup), Until: tt})
 	for _, pr := range append(ex.Problems, bulkclient.Diff(want, ex.Resources, 20)...) {
 		t.Error(pr)
 	}

@@ -302,6 +302,15 @@ type Unit struct {
 	// (or sub-search) began: a restart cuts the part file back to them.
 	StartLen   int64 `json:"startLen,omitempty"`
 	StartCount int64 `json:"startCount,omitempty"`
+	// Slices, when not empty, cut the current search (of the current value)
+	// into _lastUpdated windows, each a pair of bounds as in Window; the
+	// last one is searched now, the others wait. They are made when the
+	// upstream forgets its paging cursor sooner than the search's pages can
+	// be fetched (see bisect).
+	Slices [][]string `json:"slices,omitempty"`
+	// NoCursor is set once the upstream forgot this unit's paging cursor
+	// again after a restart: further cursor losses bisect at once.
+	NoCursor bool `json:"noCursor,omitempty"`
 }
 
 // PartKey returns the Blobs key of the unit's part file.

@@ -285,14 +285,15 @@ func (r *jobRun) runRound(ctx context.Context, round int) error {
 // against a failing upstream ends instead of retrying forever page by page.
 //
 // The unit is worked on as a copy; checkpoint publishes it to r.units.
-func (r *jobRun) runUnit(ctx context.Context, i int) error {
-	ctx = WithRetryBudget(ctx, int64(r.s.opts.UnitRetryBudget))
+func (r *jobRun) runUnit(parent context.Context, i int) error {
+	ctx := WithRetryBudget(parent, int64(r.s.opts.UnitRetryBudget))
 	r.s.opts.Metrics.UnitStarted()
 	defer r.s.opts.Metrics.UnitFinished()
 	r.mu.Lock()
 	unit := r.units[i]
 	r.mu.Unlock()
 	unit.Values = slices.Clone(unit.Values)
+	unit.Slices = cloneSlices(unit.Slices)
 	u := &unit
 	part, err := r.s.opts.Blobs.OpenPart(ctx, u.PartKey(r.job.ID))
 	if err != nil {
@@ -302,23 +303,42 @@ func (r *jobRun) runUnit(ctx context.Context, i int) error {
 	if err := part.Truncate(u.PartLen); err != nil {
 		return &fatal{err}
 	}
+	var failingSince time.Time // the first of a run of transient failures
+	failures := 0
 	for u.State == UnitPending {
 		pages := 0
 		err := r.search(ctx, i, u, part, &pages)
+		if pages > 0 {
+			failingSince, failures = time.Time{}, 0
+		}
 		var fe *fatal
 		switch {
 		case err == nil:
 			continue // search() advanced the unit
 		case errors.As(err, &fe) || ctx.Err() != nil:
 			return err
+		case (u.Next != "" || pages > 0) && cursorExpired(err) && u.Param != historyParam && r.single(u) && (u.NoCursor || u.Restarts >= 1):
+			// Even a fresh start lost its cursor: cut the search into
+			// windows that fit in one page each.
+			if err := restartSearch(u, part); err != nil {
+				return err
+			}
+			if !r.bisect(u) {
+				u.State = UnitFailed
+				u.Error = fmt.Sprintf("search of %s lost the upstream's paging cursor before its pages could be read, even in a window of %s", u.Type, 2*minWindow)
+				break
+			}
+			if !u.NoCursor {
+				r.log.Warn().Str("type", u.Type).Int("unit", u.ID).Msg("upstream forgets paging cursors before the next page is fetched; searching in _lastUpdated windows that fit in one page")
+			}
+			u.NoCursor, u.Restarts = true, 0
 		case (u.Next != "" || pages > 0) && cursorExpired(err) && u.Restarts < maxRestarts:
 			r.log.Warn().Str("type", u.Type).Int("unit", u.ID).Msg("upstream forgot the paging cursor; searching again from the first page")
-			if err := part.Truncate(u.StartLen); err != nil {
-				return &fatal{err}
+			if err := restartSearch(u, part); err != nil {
+				return err
 			}
-			u.PartLen, u.Count, u.Next = u.StartLen, u.StartCount, ""
 			u.Restarts++
-			if !u.Split && len(u.Values) > 1 && u.Restarts >= narrowAfter {
+			if !u.Split && len(u.Values) > 1 && (u.Restarts >= narrowAfter || u.NoCursor) {
 				// The search is too long to finish before the upstream
 				// forgets its cursor: search one value at a time.
 				u.Split, u.Sub, u.Restarts = true, 0, 0
@@ -327,8 +347,23 @@ func (r *jobRun) runUnit(ctx context.Context, i int) error {
 			r.log.Warn().Str("type", u.Type).Msg("upstream rejects comma lists for this type; searching one value at a time")
 			r.s.noLists.Store(r.base+"|"+u.Type, true)
 			u.Split, u.Sub = true, 0
+		case transient(err) && r.s.opts.GiveUpAfter > 0 && (failingSince.IsZero() || time.Since(failingSince) < r.s.opts.GiveUpAfter):
+			// A flaky upstream slows the unit down; it loses nothing.
+			// The search goes on from its checkpoint.
+			if failingSince.IsZero() {
+				failingSince = time.Now()
+			}
+			wait := retryDelay(failures)
+			failures++
+			r.log.Warn().Str("type", u.Type).Int("unit", u.ID).Int("failures", failures).Int("status", UpstreamStatus(err)).
+				Dur("retry_in", wait).Msg("upstream search keeps failing; retrying from the checkpoint")
+			if err := r.s.sleep(ctx, wait); err != nil {
+				return err
+			}
+			ctx = WithRetryBudget(parent, int64(r.s.opts.UnitRetryBudget))
+			continue
 		default:
-			r.log.Warn().Err(err).Str("type", u.Type).Int("unit", u.ID).Msg("work unit failed")
+			r.log.Warn().Str("type", u.Type).Int("unit", u.ID).Int("status", UpstreamStatus(err)).Str("error_kind", string(ErrorKind(err))).Msg("work unit failed")
 			u.State = UnitFailed
 			u.Error = fmt.Sprintf("search of %s for %d %s value(s) failed: %s", u.Type, len(u.Values), u.Param, ErrorMessage(err))
 		}
@@ -337,6 +372,12 @@ func (r *jobRun) runUnit(ctx context.Context, i int) error {
 		}
 	}
 	return nil
+}
+
+// single reports whether the unit's current search is of one value (or of
+// none, at system level): it cannot be split into fewer values.
+func (r *jobRun) single(u *Unit) bool {
+	return u.Split || len(u.Values) <= 1
 }
 
 // search pages through the unit's current search (from its next link when
@@ -416,7 +457,7 @@ func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *i
 		params.Set(u.Param, strings.Join(values, ","))
 	}
 	params.Set("_count", strconv.Itoa(r.s.opts.PageSize))
-	params["_lastUpdated"] = append(slices.Clone(r.lastUpdated), u.Window...)
+	params["_lastUpdated"] = append(slices.Clone(r.lastUpdated), u.window()...)
 	if r.upstreamElements != "" {
 		params.Set("_elements", r.upstreamElements)
 	}
@@ -437,6 +478,13 @@ func (s *Service) stopRequested() error {
 // advance moves a unit past a finished search.
 func (r *jobRun) advance(u *Unit) {
 	u.Next = ""
+	if n := len(u.Slices); n > 1 {
+		// The next window of the same value.
+		u.Slices = u.Slices[:n-1]
+		u.StartLen, u.StartCount, u.Restarts = u.PartLen, u.Count, 0
+		return
+	}
+	u.Slices = nil
 	if u.Split && u.Sub+1 < len(u.Values) {
 		u.Sub++
 		u.StartLen, u.StartCount, u.Restarts = u.PartLen, u.Count, 0
@@ -453,6 +501,7 @@ func (r *jobRun) checkpoint(ctx context.Context, i int, u *Unit) error {
 	r.mu.Lock()
 	r.units[i] = *u
 	r.units[i].Values = slices.Clone(u.Values)
+	r.units[i].Slices = cloneSlices(u.Slices)
 	r.mu.Unlock()
 	return nil
 }

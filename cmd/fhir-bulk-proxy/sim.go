@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
@@ -25,6 +26,34 @@ func simFlags(fs *flag.FlagSet, o *fhirtest.Options) {
 	fs.Float64Var(&o.ErrorRate, "error-rate", 0, "share of searches answered 500")
 	fs.Float64Var(&o.ThrottleRate, "throttle-rate", 0, "share of searches answered 429 with Retry-After")
 	fs.BoolVar(&o.AttachmentURLs, "attachment-urls", false, "DocumentReference attachments as Binary/{id} URLs (served raw) instead of inline data")
+	fs.BoolVar(&o.CountLinks, "count-links", false, "give _summary=count answers next and last links (a client must not follow them)")
+	fs.BoolVar(&o.TotalOnlyAccurate, "total-only-accurate", false, "Bundle.total on search pages only with _total=accurate")
+	fs.BoolVar(&o.IgnoreSummaryCount, "ignore-summary-count", false, "ignore _summary=count (answer an ordinary page with entries)")
+	fs.BoolVar(&o.LenientParams, "lenient-params", false, "silently ignore unknown search parameters (dropped from the self link) instead of 400")
+	fs.Func("paging", "paging style: token (default), hapi (HAPI FHIR _getpages search ids) or offset (_page=N)", func(v string) error {
+		switch v {
+		case "token", "":
+			o.Paging = fhirtest.PagingToken
+		case "hapi":
+			o.Paging = fhirtest.PagingHAPI
+		case "offset":
+			o.Paging = fhirtest.PagingOffset
+		default:
+			return fmt.Errorf("unknown paging style %q (token, hapi or offset)", v)
+		}
+		return nil
+	})
+	fs.BoolVar(&o.LastUpdatedSeconds, "last-updated-seconds", false, "show meta.lastUpdated to whole seconds (_lastUpdated still compares milliseconds)")
+	fs.BoolFunc("real-manners", "all of: --count-links --total-only-accurate --lenient-params --paging=hapi --last-updated-seconds", func(v string) error {
+		on, err := strconv.ParseBool(v)
+		if err != nil {
+			return err
+		}
+		if on {
+			*o = o.WithRealManners()
+		}
+		return nil
+	})
 }
 
 func sim(ctx context.Context, args []string, stdout, stderr io.Writer) error {

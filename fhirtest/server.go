@@ -16,6 +16,15 @@
 // and touched (Update); history (GET _history, [type]/_history) lists the
 // changes and deletions since _since, and ExpectedDeleted gives the ground
 // truth of an export's deleted[] output.
+//
+// Real servers are less kind, and the Server can act like them, each
+// manner switched on its own (Options.WithRealManners turns on the usual
+// set): next links on _summary=count answers (CountLinks), Bundle.total
+// only with _total=accurate (TotalOnlyAccurate), _summary=count ignored
+// (IgnoreSummaryCount), unknown parameters silently dropped
+// (LenientParams), HAPI FHIR's or offset paging (Paging) and
+// meta.lastUpdated shown to whole seconds (LastUpdatedSeconds).
+// RequestCounts tells how a client used the server.
 package fhirtest
 
 import (

@@ -269,14 +269,15 @@ func (p *PassThrough) rewriteRequest(pr *httputil.ProxyRequest) {
 }
 
 // modifyResponse rewrites the upstream base to the public one in URL headers
-// and, as a stream, in (possibly gzipped) JSON bodies.
+// and, as a stream, in (possibly gzipped) JSON and FHIR XML bodies.
 func (p *PassThrough) modifyResponse(resp *http.Response) error {
 	rt := routeOf(resp.Request.Context())
 	if rt == nil || rt.rewriter == nil {
 		return nil
 	}
 	rt.rewriter.Headers(resp.Header)
-	if !isJSONContentType(resp.Header.Get("Content-Type")) ||
+	kind := bodyKindOf(resp.Header.Get("Content-Type"))
+	if kind == kindNone ||
 		resp.StatusCode == http.StatusPartialContent || resp.Header.Get("Content-Range") != "" {
 		return nil
 	}
@@ -288,7 +289,7 @@ func (p *PassThrough) modifyResponse(resp *http.Response) error {
 		}
 		return nil
 	}
-	rt.rewriter.rewriteBody(resp)
+	rt.rewriter.rewriteBodyAs(resp, kind)
 	return nil
 }
 

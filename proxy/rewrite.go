@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"io"
-	"mime"
 	"net/http"
 	"strings"
 	"sync"
@@ -185,13 +184,19 @@ func partialMatch(data, old []byte) int {
 }
 
 // baseRewriter replaces an upstream FHIR base URL by the public one in
-// headers, streamed JSON bodies and decoded JSON values. A nil *baseRewriter
-// changes nothing.
+// headers, streamed JSON and XML bodies and decoded JSON values. A nil
+// *baseRewriter changes nothing.
 type baseRewriter struct {
 	old, new string
 	// escOld and escNew are the JSON forms with escaped slashes ("http:\/\/h").
 	escOld, escNew string
+	// jsonPairs and xmlPairs are the replacements made in a body of each
+	// kind, in order (see replacementsFor).
+	jsonPairs, xmlPairs []replacement
 }
+
+// replacement is one (old, new) pair of a body rewrite.
+type replacement struct{ old, new []byte }
 
 // newBaseRewriter returns a rewriter from the upstream base to the public
 // base (trailing slashes ignored), or nil when there is nothing to rewrite.
@@ -201,12 +206,18 @@ func newBaseRewriter(upstreamBase, publicBase string) *baseRewriter {
 	if old == "" || old == new {
 		return nil
 	}
-	return &baseRewriter{
+	b := &baseRewriter{
 		old:    old,
 		new:    new,
 		escOld: strings.ReplaceAll(old, "/", `\/`),
 		escNew: strings.ReplaceAll(new, "/", `\/`),
 	}
+	b.jsonPairs = []replacement{{[]byte(b.old), []byte(b.new)}}
+	if b.escOld != b.old {
+		b.jsonPairs = append(b.jsonPairs, replacement{[]byte(b.escOld), []byte(b.escNew)})
+	}
+	b.xmlPairs = xmlReplacements(old, new)
+	return b
 }
 
 // String rewrites one string.
@@ -236,14 +247,52 @@ func (b *baseRewriter) Headers(h http.Header) {
 // Reader wraps a JSON stream so that both the plain and the slash-escaped
 // forms of the upstream base are replaced.
 func (b *baseRewriter) Reader(src io.Reader) io.Reader {
+	return b.readerAs(src, kindJSON)
+}
+
+// readerAs wraps a body stream of the given kind with the replacements of
+// that kind. A generic XML body is rewritten only once its root element
+// shows it is FHIR XML.
+func (b *baseRewriter) readerAs(src io.Reader, kind bodyKind) io.Reader {
 	if b == nil {
 		return src
 	}
-	r := io.Reader(NewBoundedReplacingReader(src, []byte(b.old), []byte(b.new)))
-	if b.escOld != b.old {
-		r = NewBoundedReplacingReader(r, []byte(b.escOld), []byte(b.escNew))
+	if kind == kindXML {
+		return &fhirXMLSniffer{src: src, wrap: func(r io.Reader) io.Reader { return b.readerAs(r, kindFHIRXML) }}
+	}
+	r := src
+	for _, p := range b.replacementsFor(kind) {
+		r = NewBoundedReplacingReader(r, p.old, p.new)
 	}
 	return r
+}
+
+// replacementsFor returns the replacements of a body kind: for JSON the
+// plain and the slash-escaped base, for XML the plain and the XML-escaped
+// base (the same when the base has no character XML escapes), both by the
+// XML-escaped public base.
+func (b *baseRewriter) replacementsFor(kind bodyKind) []replacement {
+	switch kind {
+	case kindJSON:
+		return b.jsonPairs
+	case kindFHIRXML, kindXML:
+		return b.xmlPairs
+	}
+	return nil
+}
+
+// replaceAllAs makes the replacements of a body kind in a complete body;
+// data is returned as it is when nothing matches.
+func (b *baseRewriter) replaceAllAs(data []byte, kind bodyKind) []byte {
+	if b == nil {
+		return data
+	}
+	for _, p := range b.replacementsFor(kind) {
+		if bytes.Contains(data, p.old) {
+			data = replaceBounded(data, p.old, p.new)
+		}
+	}
+	return data
 }
 
 // Value rewrites every string in a decoded JSON value, in place where it
@@ -270,16 +319,7 @@ func (b *baseRewriter) Value(v any) any {
 // isJSONContentType reports whether a Content-Type header names FHIR JSON or
 // plain JSON, with or without parameters.
 func isJSONContentType(ct string) bool {
-	mt, _, err := mime.ParseMediaType(ct)
-	if err != nil {
-		mt, _, _ = strings.Cut(ct, ";")
-		mt = strings.ToLower(strings.TrimSpace(mt))
-	}
-	switch mt {
-	case "application/fhir+json", "application/json", "application/json+fhir":
-		return true
-	}
-	return false
+	return bodyKindOf(ct) == kindJSON
 }
 
 // bodyEncoding classifies a Content-Encoding header: "" for identity, "gzip",
@@ -304,18 +344,23 @@ func bodyEncoding(h http.Header) string {
 // recompressing gzip as a stream. It reports false when the body is left as
 // it is (an encoding it does not handle).
 func (b *baseRewriter) rewriteBody(resp *http.Response) bool {
-	if b == nil || resp.Body == nil || resp.Body == http.NoBody {
+	return b.rewriteBodyAs(resp, kindJSON)
+}
+
+// rewriteBodyAs is rewriteBody for a body of the given kind.
+func (b *baseRewriter) rewriteBodyAs(resp *http.Response, kind bodyKind) bool {
+	if b == nil || kind == kindNone || resp.Body == nil || resp.Body == http.NoBody {
 		return false
 	}
 	var r io.Reader
 	switch bodyEncoding(resp.Header) {
 	case "":
 		if resp.ContentLength >= 0 && resp.ContentLength <= maxWholeBody {
-			return b.rewriteWhole(resp)
+			return b.rewriteWhole(resp, kind)
 		}
-		r = b.Reader(resp.Body)
+		r = b.readerAs(resp.Body, kind)
 	case "gzip":
-		r = newGzipEncoder(b.Reader(&lazyGunzip{src: resp.Body}))
+		r = newGzipEncoder(b.readerAs(&lazyGunzip{src: resp.Body}, kind))
 	default:
 		return false
 	}

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -35,7 +34,7 @@ var errBodyLength = errors.New("upstream body longer than its Content-Length")
 // (its connection goes back to the pool); a read error is returned by the
 // new body's first Read, so ReverseProxy aborts the response as it would
 // for a streamed body.
-func (b *baseRewriter) rewriteWhole(resp *http.Response) bool {
+func (b *baseRewriter) rewriteWhole(resp *http.Response, kind bodyKind) bool {
 	n := int(resp.ContentLength)
 	bp := getWholeBuf()
 	buf := (*bp)[:n+1]
@@ -50,11 +49,11 @@ func (b *baseRewriter) rewriteWhole(resp *http.Response) bool {
 	body := &wholeBody{buf: bp, err: err}
 	if err == nil {
 		data := buf[:n]
-		if bytes.Contains(data, []byte(b.old)) || (b.escOld != b.old && bytes.Contains(data, []byte(b.escOld))) {
-			data = replaceBounded(data, []byte(b.old), []byte(b.new))
-			if b.escOld != b.old {
-				data = replaceBounded(data, []byte(b.escOld), []byte(b.escNew))
-			}
+		if kind == kindXML && !isFHIRXML(data) {
+			kind = kindNone
+		}
+		if rewritten := b.replaceAllAs(data, kind); kind != kindNone && !sameSlice(rewritten, data) {
+			data = rewritten
 			resp.ContentLength = int64(len(data))
 			resp.Header.Set("Content-Length", strconv.Itoa(len(data)))
 		}
@@ -104,4 +103,10 @@ func (w *wholeBody) Close() error {
 		w.buf = nil
 	}
 	return nil
+}
+
+// sameSlice reports whether a and b are the same memory (replaceAllAs
+// returns its input when nothing matched).
+func sameSlice(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }

@@ -182,7 +182,9 @@ var metadataDropHeaders = []string{
 // ServeMetadata answers GET and HEAD [base]/metadata with the upstream's
 // CapabilityStatement, augmented with the bulk data declarations (see
 // AugmentCapabilities) and with the upstream base rewritten to the public
-// one. Other methods are passed through to the upstream unchanged.
+// one. A request for XML (_format or Accept) gets the upstream's XML
+// statement augmented the same way, or 406 when the upstream has none.
+// Other methods are passed through to the upstream unchanged.
 func (p *PassThrough) ServeMetadata(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		p.ServeHTTP(w, r)
@@ -198,6 +200,10 @@ func (p *PassThrough) ServeMetadata(w http.ResponseWriter, r *http.Request) {
 	req, err := p.metadataRequest(ctx, r, rt)
 	if err != nil {
 		p.metadataFailed(w, r, rt, err, false)
+		return
+	}
+	if wantsXML(r) {
+		p.serveMetadataXML(w, r, req, rt)
 		return
 	}
 	resp, err := p.transport.RoundTrip(req)

@@ -198,7 +198,7 @@ func TestMetadataServe(t *testing.T) {
 		_, _ = w.Write([]byte(body))
 	}, "", "", nil)
 
-	for _, q := range []string{"?_format=xml&_pretty=true", "?_pretty=true&gz=1"} {
+	for _, q := range []string{"?_format=json&_pretty=true", "?_pretty=true&gz=1"} {
 		resp, body := e.do(t, "GET", "/api/fhir/metadata"+q, nil, http.Header{
 			"Authorization": {"Bearer tok"},
 			"X-Custom":      {"1"},

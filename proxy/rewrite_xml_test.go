@@ -205,9 +205,9 @@ func TestFHIRXMLSniffer(t *testing.T) {
 	prolog := `<?xml version="1.0" encoding="ISO-8859-1"?><!-- ` + strings.Repeat("c", 1000) + ` -->` + "\n"
 	for doc, fhir := range map[string]bool{
 		prolog + `<f:Bundle xmlns:f="http://hl7.org/fhir"><f:u value="http://up/fhir/P"/></f:Bundle>`: true,
-		prolog + `<Bundle xmlns="http://hl7.org/fhir"><u value="http://up/fhir/P"/></Bundle>`:           true,
+		prolog + `<Bundle xmlns="http://hl7.org/fhir"><u value="http://up/fhir/P"/></Bundle>`:         true,
 		`<Bundle><u value="http://up/fhir/P"/></Bundle>`:                                              false,
-		`<!-- ` + strings.Repeat("c", xmlSniffLimit) + ` --><Bundle xmlns="http://hl7.org/fhir"/>`:     false, // root not found in time
+		`<!-- ` + strings.Repeat("c", xmlSniffLimit) + ` --><Bundle xmlns="http://hl7.org/fhir"/>`:    false, // root not found in time
 		`not xml at all http://up/fhir/P`:                                                             false,
 		``:                                                                                            false,
 	} {

@@ -39,7 +39,13 @@ type Options struct {
 	// MaxBodyBytes bounds kick-off and token request bodies (413 beyond).
 	// Default DefaultMaxBodyBytes. Pass-through bodies are not limited.
 	MaxBodyBytes int64
-	Logger       zerolog.Logger
+	// MaxHeaderBytes bounds the request line and headers of every request:
+	// beyond it the answer is a 431 OperationOutcome. 0: no bound here (the
+	// http.Server's own, answered by net/http in plain text). The server's
+	// MaxHeaderBytes must be larger for this one to be reached: see
+	// ServerMaxHeaderBytes.
+	MaxHeaderBytes int64
+	Logger         zerolog.Logger
 	// Metrics counts the requests the proxy answers and the pass-through's
 	// (nil: none).
 	Metrics *metrics.Metrics
@@ -65,6 +71,7 @@ type handlers struct {
 	requiresAccessToken bool
 	sec                 *security
 	maxBody             int64
+	maxHeader           int64 // 0: unbounded here
 	polls               *pollTracker // nil: no poll throttling
 	log                 zerolog.Logger
 	metrics             *metrics.Metrics
@@ -78,7 +85,7 @@ func NewHandler(o Options) http.Handler {
 	h := &handlers{
 		svc: o.Service, mount: o.Mount, publicURL: strings.TrimRight(o.PublicURL, "/"),
 		retryAfterMax: o.RetryAfterMax, requiresAccessToken: o.RequiresAccessToken || o.Auth != nil,
-		sec: newSecurity(o.Auth), maxBody: o.MaxBodyBytes, log: o.Logger,
+		sec: newSecurity(o.Auth), maxBody: o.MaxBodyBytes, maxHeader: o.MaxHeaderBytes, log: o.Logger,
 		metrics: o.Metrics, quiet: map[string]bool{}, ids: NewRequestIDs(),
 	}
 	if h.maxBody <= 0 {
@@ -96,7 +103,7 @@ func NewHandler(o Options) http.Handler {
 	e.HandleMethodNotAllowed = false
 	e.UseRawPath = true
 	e.UnescapePathValues = true
-	e.Use(h.recover, h.accessLog)
+	e.Use(h.recover, h.accessLog, h.limitHeaders)
 
 	base := o.Mount.GinPattern()
 	// guarded prepends the token check to the bulk data routes when inbound

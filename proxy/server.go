@@ -71,7 +71,7 @@ type handlers struct {
 	requiresAccessToken bool
 	sec                 *security
 	maxBody             int64
-	maxHeader           int64 // 0: unbounded here
+	maxHeader           int64        // 0: unbounded here
 	polls               *pollTracker // nil: no poll throttling
 	log                 zerolog.Logger
 	metrics             *metrics.Metrics

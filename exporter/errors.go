@@ -79,13 +79,15 @@ var ErrConflict = &Error{Kind: ECONFLICT, Message: "job is not in the expected s
 // answers a request with a non-success status.
 type StatusError struct {
 	Status int
-	// Diagnostics is a short excerpt of the upstream's answer, for logs.
+	// Diagnostics is a short excerpt of the upstream's answer. It may echo
+	// search values (PHI): Error leaves it out, and it is never logged.
 	Diagnostics string
-	URL         string
+	// URL is the request's URL without query values.
+	URL string
 }
 
 func (e *StatusError) Error() string {
-	return fmt.Sprintf("upstream answered %d for %s: %s", e.Status, e.URL, e.Diagnostics)
+	return fmt.Sprintf("upstream answered %d for %s", e.Status, e.URL)
 }
 
 // UpstreamStatus returns the HTTP status of an upstream StatusError in err's

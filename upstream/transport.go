@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -372,13 +373,28 @@ func redactURL(u *url.URL) string {
 	return v.String()
 }
 
-// redactString renders a URL string without user info, clipped for logs.
+// redactString renders a URL string for errors and logs: without user
+// info, and with the names of its query parameters but not their values
+// (search values are patient ids and other PHI), clipped.
 func redactString(s string) string {
 	u, err := url.Parse(s)
 	if err != nil {
 		return "(invalid URL)"
 	}
-	return clip(redactURL(u), 512)
+	v := *u
+	v.User, v.RawQuery, v.Fragment, v.RawFragment = nil, "", "", ""
+	out := v.String()
+	if q, err := url.ParseQuery(u.RawQuery); err == nil && len(q) > 0 {
+		names := make([]string, 0, len(q))
+		for k := range q {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		out += " (parameters " + strings.Join(names, ", ") + ")"
+	} else if u.RawQuery != "" {
+		out += " (with a query)"
+	}
+	return clip(out, 512)
 }
 
 // redactErr drops the URL a *url.Error carries.

@@ -38,6 +38,14 @@ func newEnv(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config)) *e
 // newEnvLog is newEnv with the proxy logging to log.
 func newEnvLog(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config), log zerolog.Logger) *env {
 	t.Helper()
+	return newEnvWrapped(t, simOpts, mod, log, nil)
+}
+
+// newEnvWrapped is newEnvLog with the upstream's handler wrapped (nil: as
+// it is), to give it manners fhirtest has no option for.
+func newEnvWrapped(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config), log zerolog.Logger,
+	wrap func(http.Handler) http.Handler) *env {
+	t.Helper()
 	if simOpts.Patients == 0 {
 		simOpts.Patients = 40
 	}
@@ -45,7 +53,11 @@ func newEnvLog(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config),
 		simOpts.Seed = 7
 	}
 	sim := fhirtest.New(simOpts)
-	simSrv := httptest.NewServer(sim.Handler())
+	h := sim.Handler()
+	if wrap != nil {
+		h = wrap(h)
+	}
+	simSrv := httptest.NewServer(h)
 	t.Cleanup(simSrv.Close)
 	basePath := simOpts.BasePath
 	if basePath == "" {

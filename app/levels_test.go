@@ -135,8 +135,14 @@ func TestTypeFilter(t *testing.T) {
 	for _, p := range append(ex.Problems, bulkclient.Diff(want, ex.Resources, 10)...) {
 		t.Error(p)
 	}
-	// A filter the upstream rejects (an unknown search parameter): 422.
+	// A search parameter the upstream does not declare for the type: 400.
 	resp, b := e.do("GET", "/Group/all/$export?_type=Observation&_typeFilter="+url.QueryEscape("Observation?flavour=sweet"), nil, "")
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "flavour") {
+		t.Fatalf("undeclared filter parameter: %d %s", resp.StatusCode, b)
+	}
+	outcomeCode(t, resp, b)
+	// A filter the upstream rejects (a malformed date): 422.
+	resp, b = e.do("GET", "/Group/all/$export?_type=Encounter&_typeFilter="+url.QueryEscape("Encounter?date=notadate"), nil, "")
 	if resp.StatusCode != http.StatusUnprocessableEntity {
 		t.Fatalf("rejected filter: %d %s", resp.StatusCode, b)
 	}

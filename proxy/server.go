@@ -158,7 +158,7 @@ func NewHandler(o Options) http.Handler {
 			h.quiet[pattern] = true
 		}
 	}
-	e.NoRoute(gin.WrapH(o.PassThrough))
+	e.NoRoute(h.bulkNoRoute, gin.WrapH(o.PassThrough))
 	return e
 }
 

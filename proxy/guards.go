@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/gin-gonic/gin"
 	"github.com/samply/golang-fhir-models/fhir-models/fhir"
@@ -47,5 +48,34 @@ func (h *handlers) limitHeaders(c *gin.Context) {
 	c.Header("Connection", "close")
 	WriteOutcome(c.Writer, http.StatusRequestHeaderFieldsTooLarge, fhir.IssueTypeTooLong,
 		"the request's headers are larger than this server accepts")
+	c.Abort()
+}
+
+// bulkNoRoute answers the requests under [base]/bulk-export that no route
+// takes (another method, or a path the proxy does not serve) with a 405 or
+// 404 OperationOutcome, instead of passing them to the upstream, which
+// knows nothing of these paths.
+func (h *handlers) bulkNoRoute(c *gin.Context) {
+	_, rest, ok := h.mount.Match(c.Request.URL.EscapedPath())
+	if !ok || (rest != "/bulk-export" && !strings.HasPrefix(rest, "/bulk-export/")) {
+		return
+	}
+	segs := strings.Split(strings.TrimPrefix(rest, "/bulk-export/"), "/")
+	allow := ""
+	switch {
+	case segs[0] == "jobs" && (len(segs) == 2 || len(segs) == 4 && segs[2] == "manifest"):
+		allow = "GET, DELETE"
+		if len(segs) == 4 {
+			allow = "GET"
+		}
+	case segs[0] == "files" && len(segs) == 2, segs[0] == "attachments" && len(segs) >= 4:
+		allow = "GET, HEAD"
+	}
+	if allow == "" {
+		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "not found")
+	} else {
+		c.Header("Allow", allow)
+		WriteOutcome(c.Writer, http.StatusMethodNotAllowed, fhir.IssueTypeNotSupported, "method not allowed here")
+	}
 	c.Abort()
 }

@@ -98,3 +98,41 @@ func TestHeaderLimitOff(t *testing.T) {
 		t.Errorf("headerBytes = %d, want %d", got, want)
 	}
 }
+
+// TestBulkNoRoute: requests under bulk-export that no route takes are
+// answered by the proxy, never passed to the upstream.
+func TestBulkNoRoute(t *testing.T) {
+	srv, hits := headerEnv(t, 0)
+	c := &http.Client{Timeout: 10 * time.Second}
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		allow        string
+	}{
+		{"POST", "/fhir/bulk-export/jobs/0123456789abcdef0123456789abcdef", 405, "GET, DELETE"},
+		{"PUT", "/fhir/bulk-export/files/x", 405, "GET, HEAD"},
+		{"POST", "/fhir/bulk-export/jobs/x/manifest/1", 405, "GET"},
+		{"GET", "/fhir/bulk-export/nothing", 404, ""},
+		{"GET", "/fhir/bulk-export", 404, ""},
+	} {
+		req, _ := http.NewRequest(tc.method, srv.URL+tc.path, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		checkOutcome(t, resp, body, tc.status)
+		if resp.Header.Get("Allow") != tc.allow {
+			t.Errorf("%s %s: Allow %q", tc.method, tc.path, resp.Header.Get("Allow"))
+		}
+	}
+	if hits.Load() != 0 {
+		t.Errorf("upstream hits %d", hits.Load())
+	}
+	// Everything else still goes to the upstream.
+	resp, _ := getWithHeader(t, srv.URL+"/fhir/bulk-exports", 1)
+	if resp.StatusCode != 200 || hits.Load() != 1 {
+		t.Errorf("pass-through: %d, hits %d", resp.StatusCode, hits.Load())
+	}
+}

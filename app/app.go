@@ -183,6 +183,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		RequiresAccessToken: authOpts != nil,
 		Auth:                authOpts,
 		MaxBodyBytes:        cfg.Limits.MaxBodyBytes,
+		MaxHeaderBytes:      cfg.Limits.MaxHeaderBytes,
 		Logger:              log,
 		Metrics:             a.metrics,
 		Routes:              routes,
@@ -191,7 +192,9 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		Handler:           handler,
 		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout,
 		IdleTimeout:       cfg.Limits.IdleTimeout,
-		MaxHeaderBytes:    int(min(cfg.Limits.MaxHeaderBytes, 1<<30)),
+		// Past the limit, the handler answers 431 with an OperationOutcome;
+		// net/http's plain-text 431 only for far larger headers.
+		MaxHeaderBytes: proxy.ServerMaxHeaderBytes(cfg.Limits.MaxHeaderBytes),
 		// TLS handshake errors and the like, at debug level: they carry
 		// no request data.
 		ErrorLog: stdlog.New(debugWriter{log}, "", 0),

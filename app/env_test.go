@@ -71,6 +71,9 @@ func newEnvWrapped(t *testing.T, simOpts fhirtest.Options, mod func(*config.Conf
 	cfg.Export.BatchSize = 15
 	cfg.Export.PageSize = 100
 	cfg.UpstreamHTTP.Retries = 2
+	// Searches that keep failing go to the error file after a few
+	// seconds (tests of flaky upstreams set a longer time).
+	cfg.UpstreamHTTP.GiveUpAfter = 2 * time.Second
 	cfg.Export.PollThrottle = false        // the test client polls faster than Retry-After
 	cfg.Export.AdaptiveConcurrency = false // tests set the concurrency they need
 	if mod != nil {

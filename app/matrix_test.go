@@ -118,7 +118,8 @@ func TestParametersAtEveryLevel(t *testing.T) {
 				{"_outputFormat=text/csv", 400},
 				{"_typeFilter=" + url.QueryEscape("Observation?_sort=date"), 400},
 				{"_elements=" + url.QueryEscape("Observation..code"), 400},
-				{"_type=Observation&_typeFilter=" + url.QueryEscape("Observation?flavour=sweet"), 422},
+				{"_type=Observation&_typeFilter=" + url.QueryEscape("Observation?flavour=sweet"), 400},
+				{"_type=Encounter&_typeFilter=" + url.QueryEscape("Encounter?date=notadate"), 422},
 				{"includeAssociatedData=_custom", 400},
 				{"allowPartialManifests=perhaps", 400},
 			} {

@@ -310,6 +310,7 @@ func TestFlakyUpstreamLosesNothing(t *testing.T) {
 	var logs syncBuffer
 	e := newEnvWrapped(t, o, func(c *config.Config) {
 		c.UpstreamHTTP.Retries = 1
+		c.UpstreamHTTP.GiveUpAfter = 10 * time.Minute
 		c.Export.Concurrency = 8
 	}, zerolog.New(&logs).Level(zerolog.WarnLevel), nil)
 	types := []string{"Patient", "Observation", "Condition", "Claim"}
@@ -344,5 +345,42 @@ func TestUpstreamDownAtEveryLevelIs503(t *testing.T) {
 			continue
 		}
 		outcomeCode(t, resp, b)
+	}
+}
+
+func TestOversizedHeadersGetAnOperationOutcome(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{}, func(c *config.Config) { c.Limits.MaxHeaderBytes = 8 << 10 })
+	big := strings.Repeat("x", 12<<10)
+	for _, path := range []string{"/Patient?_count=1", "/Group/all/$export"} {
+		resp, b := e.do("GET", path, http.Header{"X-Big": {big}}, "")
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("%s: %d %.200s", path, resp.StatusCode, b)
+		}
+		outcomeCode(t, resp, b)
+	}
+	if resp, _ := e.do("GET", "/Patient?_count=1", http.Header{"X-Small": {"y"}}, ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("small headers: %d", resp.StatusCode)
+	}
+}
+
+func TestQueuedLogLineHasOneLevel(t *testing.T) {
+	var logs syncBuffer
+	e := newEnvLog(t, fhirtest.Options{}, nil, zerolog.New(&logs).Level(zerolog.InfoLevel))
+	e.exportAt("/Group/small/$export", url.Values{"_type": {"Patient"}})
+	var found bool
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if !strings.Contains(line, "export job queued") {
+			continue
+		}
+		found = true
+		if n := strings.Count(line, `"level":`); n != 1 {
+			t.Errorf("the queued line has %d level keys: %s", n, line)
+		}
+		if !strings.Contains(line, `"level":"info"`) || !strings.Contains(line, `"export_level":"group"`) {
+			t.Errorf("queued line: %s", line)
+		}
+	}
+	if !found {
+		t.Fatal("no export job queued line")
 	}
 }

@@ -35,6 +35,17 @@ func newEnv(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config)) *e
 	return newEnvLog(t, simOpts, mod, zerolog.Nop())
 }
 
+// newKindEnv is newEnv with the kind synthetic upstream, for the tests
+// that need its strictness (unknown parameters refused, opaque tokens).
+// Every other env's upstream has the manners of real servers
+// (fhirtest.Options.WithRealManners): count answers with next links,
+// totals only on request, unknown search parameters ignored, HAPI FHIR's
+// paging, and lastUpdated shown in whole seconds.
+func newKindEnv(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config)) *env {
+	t.Helper()
+	return newEnvFull(t, simOpts, mod, zerolog.Nop(), nil, true)
+}
+
 // newEnvLog is newEnv with the proxy logging to log.
 func newEnvLog(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config), log zerolog.Logger) *env {
 	t.Helper()
@@ -46,6 +57,15 @@ func newEnvLog(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config),
 func newEnvWrapped(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config), log zerolog.Logger,
 	wrap func(http.Handler) http.Handler) *env {
 	t.Helper()
+	return newEnvFull(t, simOpts, mod, log, wrap, false)
+}
+
+func newEnvFull(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config), log zerolog.Logger,
+	wrap func(http.Handler) http.Handler, kind bool) *env {
+	t.Helper()
+	if !kind {
+		simOpts = simOpts.WithRealManners()
+	}
 	if simOpts.Patients == 0 {
 		simOpts.Patients = 40
 	}

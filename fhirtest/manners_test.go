@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -146,7 +147,8 @@ var hapiNext = regexp.MustCompile(`^http://[^/]+/fhir\?_getpages=[0-9a-f]{8}-[0-
 
 func TestHAPIPaging(t *testing.T) {
 	t.Parallel()
-	s, base := startServer(t, Options{Paging: PagingHAPI, PageTTL: 400 * time.Millisecond})
+	clock := newFakeClock()
+	s, base := startServer(t, Options{Paging: PagingHAPI, PageTTL: 400 * time.Millisecond, Clock: clock.Now})
 	n := s.Count("Encounter")
 	first := getBundle(t, base+"/Encounter?_count=7")
 	next := first.link("next")
@@ -166,10 +168,10 @@ func TestHAPIPaging(t *testing.T) {
 	// the id lives as long as it is used: five fetches 250ms apart
 	// outlive the 400ms TTL
 	for range 5 {
-		time.Sleep(250 * time.Millisecond)
+		clock.Advance(250 * time.Millisecond)
 		getBundle(t, next)
 	}
-	time.Sleep(600 * time.Millisecond)
+	clock.Advance(600 * time.Millisecond)
 	resp, body := get(t, next)
 	diag := expectOutcome(t, resp, body, http.StatusGone)
 	id := regexp.MustCompile(`_getpages=([^&]+)`).FindStringSubmatch(next)[1]
@@ -275,4 +277,24 @@ func TestLastUpdatedSeconds(t *testing.T) {
 			t.Errorf("Observation/%s after create/update: %q", id, m)
 		}
 	}
+}
+
+// fakeClock is a page cache clock that moves only when told to.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
 }

@@ -32,10 +32,18 @@ type pageCache struct {
 	mu        sync.Mutex
 	m         map[string]*snapshot
 	lastSweep time.Time
+	now       func() time.Time // nil: time.Now
+}
+
+func (p *pageCache) clock() time.Time {
+	if p.now != nil {
+		return p.now()
+	}
+	return time.Now()
 }
 
 func (p *pageCache) put(id string, sn *snapshot, ttl time.Duration) string {
-	now := time.Now()
+	now := p.clock()
 	sn.expires = now.Add(ttl)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -52,7 +60,7 @@ func (p *pageCache) put(id string, sn *snapshot, ttl time.Duration) string {
 }
 
 func (p *pageCache) get(id string, ttl time.Duration) *snapshot {
-	now := time.Now()
+	now := p.clock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	sn := p.m[id]

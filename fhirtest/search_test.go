@@ -66,13 +66,14 @@ func TestCountDefaultsAndCap(t *testing.T) {
 }
 
 func TestExpiredPageToken(t *testing.T) {
-	s, base := startServer(t, Options{Seed: 1, PageTTL: 60 * time.Millisecond})
+	clock := newFakeClock()
+	s, base := startServer(t, Options{Seed: 1, PageTTL: 60 * time.Millisecond, Clock: clock.Now})
 	b := getBundle(t, base+"/Observation?_count=5")
 	next := b.link("next")
 	if b2 := getBundle(t, next); len(b2.Entry) != 5 {
 		t.Fatal("page within TTL failed")
 	}
-	time.Sleep(150 * time.Millisecond)
+	clock.Advance(150 * time.Millisecond)
 	resp, body := get(t, next)
 	expectOutcome(t, resp, body, 410)
 	resp, body = get(t, base+"?_getpages=nonsense&_getpagesoffset=5&_count=5")

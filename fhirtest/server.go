@@ -61,6 +61,9 @@ type Options struct {
 	// PageTTL is how long a next link stays valid (default 10m). Expired or
 	// unknown page tokens are answered 410 Gone with an OperationOutcome.
 	PageTTL time.Duration
+	// Clock, if set, is the page cache's clock (tests move it instead of
+	// sleeping); the default is time.Now.
+	Clock func() time.Time
 	// Latency is added to every request (reads and metadata included); the
 	// sleep ends early when the request's context is cancelled. Faults.Latency
 	// adds to it for searches and page fetches.
@@ -324,6 +327,7 @@ func New(opts Options) *Server {
 		s.sem = make(chan struct{}, o.MaxConcurrent)
 	}
 	s.pages.m = map[string]*snapshot{}
+	s.pages.now = o.Clock
 	for _, t := range servedTypes() {
 		s.types[t] = newTypeStore(t)
 	}

@@ -18,6 +18,7 @@ import (
 func TestSystemExportSlicesLargeTypes(t *testing.T) {
 	e := newEnv(t, fhirtest.Options{Patients: 60}, func(c *config.Config) {
 		c.Export.Concurrency = 4
+		c.Export.PageSize = 100 // Observation has several windows' worth of pages
 	})
 	types := []string{"Observation", "Patient", "Condition"}
 	for _, since := range []string{"", "2023-06-01T00:00:00Z"} {

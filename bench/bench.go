@@ -40,6 +40,9 @@ type Options struct {
 	UpstreamConcurrency int
 	// Quick runs every workload at small sizes, in seconds.
 	Quick bool
+	// FilterPatients is the upstream population of the real-server
+	// workload's _typeFilter kick-off (default 10000; quick 1000).
+	FilterPatients int
 
 	// PassRequests is the number of requests per pass-through target
 	// (default 20000; quick 2000) and PassConns the number of concurrent
@@ -68,6 +71,9 @@ type Options struct {
 func (o Options) withDefaults() Options {
 	if o.Patients <= 0 {
 		o.Patients = pick(o.Quick, 100, 1000)
+	}
+	if o.FilterPatients <= 0 {
+		o.FilterPatients = pick(o.Quick, 1000, 10000)
 	}
 	if o.Latency <= 0 {
 		o.Latency = 20 * time.Millisecond
@@ -105,7 +111,7 @@ func pick(quick bool, q, full int) int {
 
 // Figure is one reported number with its baseline and goal.
 type Figure struct {
-	// Workload groups figures: "request efficiency", "export speed",
+	// Workload groups figures: "request efficiency", "export speed", "real servers",
 	// "pass-through", "memory", "downloads".
 	Workload string `json:"workload"`
 	// Name says what was measured.
@@ -150,6 +156,7 @@ type ReportOptions struct {
 	PassRequests        int    `json:"pass_requests"`
 	PassConns           int    `json:"pass_conns"`
 	MemoryPatients      [2]int `json:"memory_patients"`
+	FilterPatients      int    `json:"filter_patients"`
 }
 
 func (r *Report) add(f Figure) { r.Figures = append(r.Figures, f) }
@@ -168,7 +175,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		Options: ReportOptions{
 			Quick: o.Quick, Patients: o.Patients, Latency: o.Latency.String(),
 			UpstreamConcurrency: o.UpstreamConcurrency, PassRequests: o.PassRequests, PassConns: o.PassConns,
-			MemoryPatients: o.MemoryPatients,
+			MemoryPatients: o.MemoryPatients, FilterPatients: o.FilterPatients,
 		},
 		Started: time.Now().UTC(),
 	}
@@ -178,6 +185,9 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		o.Patients, o.Latency, o.UpstreamConcurrency)
 	if err := runExport(ctx, o, rep); err != nil {
 		return nil, fmt.Errorf("export workload: %w", err)
+	}
+	if err := runManners(ctx, o, rep); err != nil {
+		return nil, fmt.Errorf("real-server workload: %w", err)
 	}
 	progress(o, "pass-through workload: %d requests x %d connections per target", o.PassRequests, o.PassConns)
 	if err := runPassThrough(ctx, o, rep); err != nil {

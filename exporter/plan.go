@@ -325,7 +325,7 @@ func existingPatients(ctx context.Context, up Upstream, ids []string, batch int)
 // large type would page through one search, one page after the other.
 // systemWindows cuts such a type into slices of _lastUpdated that are
 // searched in parallel: it counts the type (_summary=count) and, when it
-// has more than pagesPerUnit pages, bisects the time up to the job's
+// has more than windowPages pages, bisects the time up to the job's
 // transaction time until each slice holds about the pages of one unit.
 // The slices are (-inf, b1], (b1, b2], ..., (bk, T]: consecutive, written
 // with the same instants for one's "le" and the next's "gt", so that they
@@ -338,6 +338,10 @@ const (
 	windowSpan = 40 * 365 * 24 * time.Hour
 	// minWindow is the narrowest slice bisection makes.
 	minWindow = time.Second
+	// windowPages is about how many pages a time window of a system
+	// export's type gets: every window costs count probes and a partial
+	// last page, so windows are only as many as keep the upstream busy.
+	windowPages = 24
 )
 
 // systemWindows returns the _lastUpdated bounds of each slice of a type,
@@ -380,7 +384,7 @@ func (r *jobRun) systemWindows(ctx context.Context, rtype, filter string) (out [
 		return nil, false
 	}
 	pages := (total + r.s.opts.PageSize - 1) / r.s.opts.PageSize
-	n := min((pages+pagesPerUnit-1)/pagesPerUnit, 2*r.s.opts.UnitConcurrency)
+	n := min((pages+windowPages-1)/windowPages, r.s.opts.UnitConcurrency)
 	if n <= 1 {
 		return nil, false
 	}
@@ -437,16 +441,34 @@ func (r *jobRun) systemWindows(ctx context.Context, rtype, filter string) (out [
 			done = false
 		}
 	}
-	// The open slice before start, then the leaves merged while they fit
-	// the target.
-	slicesOut := []leaf{{hi: start, n: total - recent}}
-	for _, l := range leaves {
-		last := &slicesOut[len(slicesOut)-1]
-		if last.n+l.n <= target {
-			last.hi, last.n = l.hi, last.n+l.n
-			continue
+	// The open slice before start, then the leaves, cut into at most n
+	// slices: for each k < n, at the leaf boundary whose running count is
+	// nearest k*total/n. Fewer slices cost fewer partial last pages.
+	all := append([]leaf{{hi: start, n: total - recent}}, leaves...)
+	var slicesOut []leaf
+	cur := leaf{}
+	run, k := 0, 1
+	for i, l := range all {
+		cur.hi, cur.n = l.hi, cur.n+l.n
+		run += l.n
+		if i == len(all)-1 {
+			break
 		}
-		slicesOut = append(slicesOut, l)
+		// cut here when this boundary is nearer the k-th mark than the next
+		mark := k * total / n
+		next := run + all[i+1].n
+		if k < n && cur.n > 0 && abs(run-mark) <= abs(next-mark) {
+			slicesOut = append(slicesOut, cur)
+			cur = leaf{lo: l.hi}
+			for k < n && k*total/n <= run {
+				k++
+			}
+		}
+	}
+	if cur.n > 0 || len(slicesOut) == 0 {
+		slicesOut = append(slicesOut, cur)
+	} else {
+		slicesOut[len(slicesOut)-1].hi = cur.hi
 	}
 	if len(slicesOut) <= 1 {
 		return nil, false
@@ -457,4 +479,11 @@ func (r *jobRun) systemWindows(ctx context.Context, rtype, filter string) (out [
 	}
 	r.log.Debug().Str("type", rtype).Int("total", total).Int("slices", len(out)).Int("probes", probes).Msg("sliced by _lastUpdated")
 	return out, false
+}
+
+func abs(x int) int {
+	if x < 0 {
+		return -x
+	}
+	return x
 }

@@ -18,6 +18,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.SetOutput(stderr)
 	var o bench.Options
 	fs.IntVar(&o.Patients, "patients", 0, "patients in the export workload (default 1000; --quick 100)")
+	fs.IntVar(&o.FilterPatients, "filter-patients", 0, "upstream patients for the real-server workload's _typeFilter kick-off (default 10000; --quick 1000)")
 	fs.DurationVar(&o.Latency, "latency", 0, "synthetic upstream latency per request in the export workload (default 20ms)")
 	fs.IntVar(&o.UpstreamConcurrency, "upstream-concurrency", 0, "requests the synthetic upstream serves at once (default 4)")
 	fs.BoolVar(&o.Quick, "quick", false, "run every workload at small sizes, in seconds")

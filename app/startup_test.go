@@ -85,3 +85,41 @@ func TestAdminOffSaysHowToTurnItOn(t *testing.T) {
 		t.Errorf("main listener /admin/ with admin.listen: %d %s", resp.StatusCode, body)
 	}
 }
+
+// TestOpenAdminListenerCancelsWithoutCSRF: on a separate admin.listen
+// without a token (allowed), a JSON cancel needs no CSRF token; one from
+// another origin is still refused.
+func TestOpenAdminListenerCancelsWithoutCSRF(t *testing.T) {
+	release := make(chan struct{})
+	// Searches hang until the end of the test, so the job stays running
+	// (the kick-off's Group read and /metadata are answered).
+	hang := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !strings.HasSuffix(r.URL.Path, "/metadata") && !strings.Contains(r.URL.Path, "/Group") {
+				select {
+				case <-r.Context().Done():
+					return
+				case <-release:
+				}
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	e := newEnvWrapped(t, fhirtest.Options{Patients: 3}, func(c *config.Config) {
+		c.Admin.Listen = "127.0.0.1:0"
+	}, zerolog.Nop(), hang)
+	t.Cleanup(func() { close(release) })
+	status, err := e.client.KickOff(t.Context(), e.base+"/Group/all/$export", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel := e.app.AdminURL() + "/admin/jobs/" + status[strings.LastIndex(status, "/")+1:] + "/cancel"
+	resp, body := e.do(http.MethodPost, cancel, http.Header{"Accept": {"application/json"}, "Origin": {"https://evil.example"}}, "")
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("cross-origin cancel: %d %s", resp.StatusCode, body)
+	}
+	resp, body = e.do(http.MethodPost, cancel, http.Header{"Accept": {"application/json"}}, "")
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"state": "cancelled"`) {
+		t.Errorf("JSON cancel on the open admin listener: %d %s", resp.StatusCode, body)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"syscall"
 	"time"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/app"
@@ -50,7 +51,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sim := fhirtest.New(o)
 	sln, err := net.Listen("tcp", *simListen)
 	if err != nil {
-		return err
+		return portHint(err, "--sim-listen", *simListen)
 	}
 	simSrv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = simSrv.Serve(sln) }()
@@ -83,7 +84,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if err := a.Start(ctx); err != nil {
 		_ = a.Shutdown(context.Background())
-		return err
+		return portHint(err, "--listen", *listen)
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -113,6 +114,19 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return nil
+}
+
+// portHint turns "address already in use" for addr into a hint naming the
+// flag that picks another; other errors pass unchanged.
+func portHint(err error, flagName, addr string) error {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return err
+	}
+	port := addr
+	if _, p, splitErr := net.SplitHostPort(addr); splitErr == nil {
+		port = p
+	}
+	return fmt.Errorf("port %s is in use (%s %s): pass %s 127.0.0.1:0 for any free port, or another port", port, flagName, addr, flagName)
 }
 
 // runDemoExport runs one Group export through the proxy's HTTP API like a

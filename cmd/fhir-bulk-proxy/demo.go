@@ -30,8 +30,8 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var o fhirtest.Options
 	o.BasePath = "/fhir"
 	simFlags(fs, &o)
-	listen := fs.String("listen", "127.0.0.1:8080", "address of the proxy")
-	simListen := fs.String("sim-listen", "127.0.0.1:0", "address of the synthetic upstream")
+	listen := fs.String("listen", "127.0.0.1:8080", "address of the proxy (127.0.0.1:0: any free port)")
+	simListen := fs.String("sim-listen", "127.0.0.1:0", "address of the synthetic upstream (127.0.0.1:0: any free port)")
 	dataDir := fs.String("data-dir", "", "data directory of the proxy (default: a temporary one, removed at exit)")
 	group := fs.String("group", "all", "Group to export")
 	exit := fs.Bool("exit", false, "exit after the export (status 0 only if it matched the ground truth)")

@@ -35,7 +35,7 @@ const usage = `fhir-bulk-proxy: FHIR Bulk Data $export for any FHIR R4 server
 Usage:
   fhir-bulk-proxy serve [--config FILE] [--upstream URL] [flags]   run the proxy (serve --help lists every flag)
   fhir-bulk-proxy sim [--listen ADDR] [--patients N] [--seed S]   run the synthetic FHIR upstream
-  fhir-bulk-proxy demo [--exit]                                    start sim and proxy, run one verified Group export
+  fhir-bulk-proxy demo [--exit] [--listen ADDR] [--sim-listen ADDR] start sim and proxy, run one verified Group export
   fhir-bulk-proxy bench [--quick] [--json]                         measure the proxy against the upstream's limit (BENCHMARKS.md)
   fhir-bulk-proxy export --base URL (--group ID|--patients|--system|--status URL) --out DIR   Bulk Data client (export --help)
   fhir-bulk-proxy version

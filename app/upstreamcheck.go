@@ -22,6 +22,11 @@ import (
 // usually comes first).
 const maxMetadataProbe = 32 << 20
 
+// ProbeUserAgent is the User-Agent of the upstream check (/readyz and the
+// start-up check), so that the upstream's logs tell it from export
+// requests. It sends no credentials.
+const ProbeUserAgent = "fhir-bulk-proxy-upstream-check"
+
 // metadataProbe is what GET [upstream]/metadata answered, described
 // without its body (which is never logged nor shown).
 type metadataProbe struct {
@@ -50,6 +55,7 @@ func probeMetadata(ctx context.Context, client *http.Client, base string, timeou
 		return metadataProbe{Problem: "the upstream URL does not parse"}
 	}
 	req.Header.Set("Accept", "application/fhir+json, application/json;q=0.9, application/fhir+xml;q=0.5")
+	req.Header.Set("User-Agent", ProbeUserAgent)
 	resp, err := client.Do(req)
 	if err != nil {
 		return metadataProbe{Problem: "the upstream is unreachable: " + transportCause(ctx, err, u.Host, timeout)}

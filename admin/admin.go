@@ -17,9 +17,10 @@
 //
 // When Options.Token is set every route but the style sheet and the login
 // form needs "Authorization: Bearer <token>" or the session cookie that a
-// successful login sets. POSTs not authorized by a bearer token must carry
-// the CSRF token of the page (form field "csrf" or header X-CSRF-Token) and
-// must not come from another origin.
+// successful login sets. POSTs authorized by the session cookie must carry
+// the CSRF token of the page (form field "csrf" or header X-CSRF-Token);
+// those with a bearer token, or without a token configured, need none. No
+// POST may come from another origin.
 package admin
 
 import (
@@ -314,8 +315,12 @@ func (h *Handler) checkPost(w http.ResponseWriter, r *http.Request, action strin
 		h.forbidden(w, r, "cross-origin requests are refused")
 		return false
 	}
-	if authOf(r) == authBearer {
-		return true // browsers never add a bearer token on their own
+	if authOf(r) != authCookie {
+		// CSRF rides on cookies a browser adds on its own. A bearer token
+		// is never added by the browser, and on an open listener (no
+		// token) there is no session to ride on: a cross-site post is
+		// refused above by its Origin or Sec-Fetch-Site.
+		return true
 	}
 	got := r.Header.Get("X-CSRF-Token")
 	if got == "" {

@@ -67,6 +67,12 @@ type App struct {
 	admin    *http.Server
 	adminLn  net.Listener
 	adminErr chan error
+
+	// health answers /healthz and /readyz and checks the upstream at
+	// start, in the background (bg; bgCancel stops it at Shutdown).
+	health   *health
+	bg       sync.WaitGroup
+	bgCancel context.CancelFunc
 }
 
 // New opens the store and builds every part. It does not listen yet. The
@@ -313,8 +319,19 @@ func (a *App) Start(ctx context.Context) error {
 		}
 		a.serveErr <- err
 	}()
-	a.log.Info().Str("listen", ln.Addr().String()).Str("upstream", a.cfg.Upstream).Bool("tls", a.tls).
-		Str("auth", a.cfg.Auth.Mode).Str("upstream_auth", a.cfg.UpstreamAuth.Mode).Msg("fhir-bulk-proxy serving")
+	ev := a.log.Info().Str("listen", ln.Addr().String()).Str("upstream", redactedURL(a.cfg.Upstream)).Bool("tls", a.tls).
+		Str("auth", a.cfg.Auth.Mode).Str("upstream_auth", a.cfg.UpstreamAuth.Mode).Str("fhir_base", a.FHIRBase())
+	msg := "fhir-bulk-proxy serving; clients use the FHIR base " + a.FHIRBase()
+	if page := a.AdminPageURL(); page != "" {
+		ev = ev.Str("admin_page", page)
+		msg += "; operator page " + page
+	}
+	ev.Msg(msg)
+	// Read the upstream's /metadata in the background: serving starts
+	// anyway, since the upstream may come later.
+	bg, cancel := context.WithCancel(ctx)
+	a.bgCancel = cancel
+	a.bg.Go(func() { a.health.startupCheck(bg) })
 	if a.cfg.Auth.Mode == config.AuthNone {
 		a.log.Warn().Msg("inbound authorization is off (auth.mode none): anyone who can reach the proxy may export and download")
 	}
@@ -333,6 +350,60 @@ func (a *App) AdminURL() string {
 	return "http://" + a.adminLn.Addr().String()
 }
 
+// FHIRBase returns the FHIR base URL clients use (after Start):
+// public_url when set, else the listener's address (localhost for a
+// wildcard one) and base_path. Placeholders of base_path stay as they are.
+func (a *App) FHIRBase() string {
+	if a.cfg.PublicURL != "" {
+		return strings.TrimRight(a.cfg.PublicURL, "/")
+	}
+	scheme := "http"
+	if a.tls {
+		scheme = "https"
+	}
+	return scheme + "://" + dialable(a.ln.Addr()) + a.cfg.BasePath
+}
+
+// AdminPageURL returns the operator page's URL (after Start), "" when it is
+// off (no admin.token and no admin.listen).
+func (a *App) AdminPageURL() string {
+	switch {
+	case a.adminLn != nil:
+		return "http://" + dialable(a.adminLn.Addr()) + AdminPath + "/"
+	case a.cfg.Admin.Token != "":
+		return a.rootURL() + AdminPath + "/"
+	}
+	return ""
+}
+
+// rootURL is the proxy's root URL as a client reaches it: the origin of
+// public_url when set, else the listener's.
+func (a *App) rootURL() string {
+	if a.cfg.PublicURL != "" {
+		if u, err := url.Parse(a.cfg.PublicURL); err == nil && u.Host != "" {
+			return u.Scheme + "://" + u.Host
+		}
+	}
+	scheme := "http"
+	if a.tls {
+		scheme = "https"
+	}
+	return scheme + "://" + dialable(a.ln.Addr())
+}
+
+// dialable returns a listener address a client can dial: a wildcard host
+// (":8080", "0.0.0.0", "::") becomes localhost.
+func dialable(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}
+
 // Registry returns the Prometheus registry of the proxy's metrics.
 func (a *App) Registry() *prometheus.Registry { return a.registry }
 
@@ -345,6 +416,10 @@ func (a *App) Done() <-chan error { return a.serveErr }
 // then the store.
 func (a *App) Shutdown(ctx context.Context) error {
 	var errs []error
+	if a.bgCancel != nil {
+		a.bgCancel()
+		a.bg.Wait()
+	}
 	if err := a.service.Stop(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop jobs: %w", err))
 	}

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 )
 
 // check is the result of one readiness check.
@@ -21,6 +19,7 @@ type check struct {
 	Error   string `json:"error,omitempty"`
 	Status  int    `json:"status,omitempty"`
 	Skipped string `json:"skipped,omitempty"`
+	Note    string `json:"note,omitempty"`
 	TookMS  int64  `json:"tookMs"`
 }
 
@@ -39,6 +38,7 @@ type health struct {
 	mu       sync.Mutex // one upstream check at a time; its result is reused
 	upAt     time.Time
 	upResult check
+	upLogged string // the upstream check's error last logged ("": passing)
 }
 
 // upstreamCheckTTL is how long an upstream check's result is reused, so
@@ -49,8 +49,9 @@ func newHealth(a *App) *health {
 	return &health{
 		a:       a,
 		timeout: a.cfg.Admin.ReadyTimeout,
-		// No credentials: any answer proves the upstream reachable. No
-		// redirects: the answer of the upstream's own origin counts.
+		// No credentials (/metadata is open on FHIR servers; 401 and 403
+		// count as ready). No redirects: the answer of the upstream's
+		// own origin counts.
 		client: &http.Client{
 			Transport: a.upstreamTransport(),
 			CheckRedirect: func(*http.Request, []*http.Request) error {
@@ -66,9 +67,9 @@ func (h *health) live(w http.ResponseWriter, r *http.Request) {
 }
 
 // ready answers /readyz: 200 when the job store is open, the data
-// directory is writable, the upstream answers within admin.ready_timeout
-// and the proxy is not shutting down; 503 with the failed checks
-// otherwise.
+// directory is writable, the upstream answers /metadata with a FHIR
+// CapabilityStatement within admin.ready_timeout and the proxy is not
+// shutting down; 503 with the failed checks, each saying why, otherwise.
 func (h *health) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
 	defer cancel()
@@ -139,8 +140,11 @@ func (h *health) checkDraining() check {
 	return check{OK: true}
 }
 
-// checkUpstream sends GET [upstream]/metadata; any answer below 500 counts
-// (the upstream may want a token the probe does not send).
+// checkUpstream sends GET [upstream]/metadata: ready when it answers with
+// a FHIR CapabilityStatement (or with 401/403: the probe sends no
+// credentials). A 404, an HTML page or another resource are not ready; the
+// error says what came back, or why nothing did. A changed result is
+// logged once.
 func (h *health) checkUpstream(ctx context.Context) check {
 	base := h.a.cfg.Upstream
 	if strings.Contains(base, "{") {
@@ -151,31 +155,55 @@ func (h *health) checkUpstream(ctx context.Context) check {
 	if !h.upAt.IsZero() && time.Since(h.upAt) < upstreamCheckTTL {
 		return h.upResult
 	}
-	var status int
-	c := timed(func() error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/metadata", nil)
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Accept", "application/fhir+json")
-		resp, err := h.client.Do(req)
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("the upstream did not answer within %s", h.timeout)
-			}
-			return fmt.Errorf("the upstream is unreachable: %s", exporter.ErrorMessage(err))
-		}
-		resp.Body.Close()
-		status = resp.StatusCode
-		if status >= 500 {
-			return fmt.Errorf("the upstream answered %d", status)
-		}
-		return nil
-	})
-	c.Status = status
+	start := time.Now()
+	p := probeMetadata(ctx, h.client, base, h.timeout)
+	c := check{OK: p.OK, Error: p.Problem, Status: p.Status, Note: p.Note, TookMS: time.Since(start).Milliseconds()}
 	h.upAt, h.upResult = time.Now(), c
+	if c.Error != h.upLogged {
+		if c.OK {
+			h.a.log.Info().Msg("readiness: the upstream answers /metadata again")
+		} else {
+			h.a.log.Warn().Int("status", c.Status).Msg("readiness: " + c.Error)
+		}
+		h.upLogged = c.Error
+	}
 	return c
 }
+
+// startupCheck reads [upstream]/metadata once at start and logs what came
+// back: an error when it is not a FHIR CapabilityStatement (serving goes
+// on; /readyz stays 503 until the upstream answers with one).
+func (h *health) startupCheck(ctx context.Context) {
+	log := h.a.log
+	if strings.Contains(h.a.cfg.Upstream, "{") {
+		log.Info().Msg("start-up check of the upstream skipped: its URL holds placeholders filled in per request")
+		return
+	}
+	timeout := max(h.timeout, startupCheckTimeout)
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	p := probeMetadata(pctx, h.client, h.a.cfg.Upstream, timeout)
+	if ctx.Err() != nil {
+		return // shutting down before the upstream answered
+	}
+	h.mu.Lock()
+	h.upLogged = p.Problem
+	h.mu.Unlock()
+	upstream := redactedURL(h.a.cfg.Upstream)
+	switch {
+	case !p.OK:
+		log.Error().Str("upstream", upstream).Int("status", p.Status).
+			Msg("start-up check of the upstream failed: " + p.Problem + "; serving anyway, /readyz answers 503 until the upstream answers with a CapabilityStatement")
+	case p.Note != "":
+		log.Info().Str("upstream", upstream).Msg("start-up check of the upstream: it answers /metadata with a CapabilityStatement (" + p.Note + ")")
+	default:
+		log.Info().Str("upstream", upstream).Msg("start-up check of the upstream: it answers /metadata with a CapabilityStatement")
+	}
+}
+
+// startupCheckTimeout bounds the start-up check of the upstream (at least
+// admin.ready_timeout).
+const startupCheckTimeout = 15 * time.Second
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -2,9 +2,15 @@ package app
 
 import (
 	"context"
+	"fmt"
+	"html"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/config"
+	"github.com/samply/golang-fhir-models/fhir-models/fhir"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/metrics"
@@ -77,6 +83,7 @@ func (a *App) metricsHandler() http.Handler {
 // listener /admin needs admin.token; without one it is not served.
 func (a *App) operatorRoutes() (mainRoutes []proxy.Route, adminMux *http.ServeMux, err error) {
 	h := newHealth(a)
+	a.health = h
 	live, ready := http.HandlerFunc(h.live), http.HandlerFunc(h.ready)
 	mainRoutes = []proxy.Route{
 		{Pattern: HealthzPath, Handler: live, Quiet: true},
@@ -97,13 +104,72 @@ func (a *App) operatorRoutes() (mainRoutes []proxy.Route, adminMux *http.ServeMu
 		adminMux.Handle(MetricsPath, metricsH)
 		adminMux.Handle(AdminPath, adm)
 		adminMux.Handle(AdminPath+"/", adm)
+		mainRoutes = append(mainRoutes, proxy.Route{Pattern: AdminPath + "/*", Handler: adminElsewhere()})
 		return mainRoutes, adminMux, nil
 	}
 	mainRoutes = append(mainRoutes, proxy.Route{Pattern: MetricsPath, Handler: metricsH, Quiet: true})
 	if a.cfg.Admin.Token != "" {
 		mainRoutes = append(mainRoutes, proxy.Route{Pattern: AdminPath + "/*", Handler: adm})
+	} else {
+		mainRoutes = append(mainRoutes, proxy.Route{Pattern: AdminPath + "/*", Handler: adminOff()})
 	}
 	return mainRoutes, nil, nil
+}
+
+// adminOffMessage is the 404 of /admin on the main listener without
+// admin.token: the operator page is off, and the options that turn it on.
+func adminOffMessage() string {
+	return "the operator page is off: set " + optionNames("admin.token") +
+		" to serve it here behind a login, or " + optionNames("admin.listen") +
+		" to serve it on a separate listener (which may go without a token on a private address)"
+}
+
+// optionNames names an option in all its spellings: file key, environment
+// variable and flag.
+func optionNames(key string) string {
+	for _, o := range config.Options() {
+		if o.Key == key {
+			return fmt.Sprintf("%s (env %s, flag --%s)", o.Key, o.Env, o.Flag)
+		}
+	}
+	return key
+}
+
+// adminOff answers /admin on the main listener when the operator page is
+// off: a 404 saying so.
+func adminOff() http.Handler { return notHere(adminOffMessage()) }
+
+// adminElsewhere answers /admin on the main listener when the page is
+// served on admin.listen (whose address is not told).
+func adminElsewhere() http.Handler {
+	return notHere("the operator page is not served on this listener: it is on the separate admin listener (" + optionNames("admin.listen") + ")")
+}
+
+// notHere answers 404 with msg: a short HTML page for browsers, an
+// OperationOutcome otherwise.
+func notHere(msg string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		if prefersHTML(r) {
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			w.Header().Set("Content-Security-Policy", "default-src 'none'")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = fmt.Fprintf(w, "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Operator page off</title></head>\n"+
+				"<body><h1>Operator page off</h1>\n<p>%s.</p></body></html>\n", html.EscapeString(msg))
+			return
+		}
+		proxy.WriteOutcome(w, http.StatusNotFound, fhir.IssueTypeNotFound, msg)
+	})
+}
+
+// prefersHTML reports whether the request comes from a browser showing a
+// page: its Accept names text/html before any JSON type.
+func prefersHTML(r *http.Request) bool {
+	a := strings.ToLower(r.Header.Get("Accept"))
+	h := strings.Index(a, "text/html")
+	j := strings.Index(a, "json")
+	return h >= 0 && (j < 0 || h < j)
 }
 
 // adminAccessLog logs the admin listener's requests like the main one's

@@ -250,7 +250,7 @@ func TestHealthEndpoints(t *testing.T) {
 	// The upstream goes away.
 	e.simSrv.Close()
 	code, r = readyzAfterCache(t, e)
-	if code != http.StatusServiceUnavailable || r.Checks["upstream"].OK {
+	if code != http.StatusServiceUnavailable || r.Checks["upstream"].OK || !strings.Contains(r.Checks["upstream"].Error, "connection refused") {
 		t.Errorf("readyz without upstream: %d %+v", code, r)
 	}
 	if !r.Checks["store"].OK {
@@ -344,7 +344,8 @@ func TestLogsCarryRequestAndJobIDs(t *testing.T) {
 				t.Errorf("access line without request_id: %v", l)
 			}
 			ids[id] = true
-		case msg == "fhir-bulk-proxy serving", strings.HasPrefix(msg, "inbound authorization is off"),
+		case strings.HasPrefix(msg, "fhir-bulk-proxy serving"), strings.HasPrefix(msg, "inbound authorization is off"),
+			strings.HasPrefix(msg, "start-up check of the upstream"),
 			msg == "export service stopped", strings.HasPrefix(msg, "draining"):
 			// process lines
 		default:

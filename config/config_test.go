@@ -505,7 +505,7 @@ func TestUsage(t *testing.T) {
 		}
 	}
 	for _, o := range Options() {
-		if !strings.Contains(u, "--"+o.Flag+" ") {
+		if !strings.Contains(u, "--"+o.Flag+" ") && !strings.Contains(u, "--"+o.Flag+"[=BOOL]") {
 			t.Errorf("usage lacks --%s", o.Flag)
 		}
 	}
@@ -560,6 +560,7 @@ func TestBoolOption(t *testing.T) {
 	if err != nil || cfg.Export.PollThrottle {
 		t.Fatalf("env false: %v %v", cfg.Export.PollThrottle, err)
 	}
+	// The older spelling with a separate value still works.
 	cfg, err = Load("", []string{"FBP_UPSTREAM=http://up/fhir", "FBP_EXPORT_POLL_THROTTLE=false"}, []string{"--export-poll-throttle", "true"})
 	if err != nil || !cfg.Export.PollThrottle {
 		t.Fatalf("flag true: %v %v", cfg.Export.PollThrottle, err)

@@ -141,7 +141,7 @@ func (o option) placeholder() string {
 	case o.typ == clientsType:
 		return "LIST"
 	case o.typ.Kind() == reflect.Bool:
-		return "BOOL"
+		return "[=BOOL]"
 	case strings.HasSuffix(o.Key, "_file"):
 		return "FILE"
 	case strings.Contains(o.Key, "url") || o.Key == "upstream":

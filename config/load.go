@@ -79,7 +79,7 @@ func Load(path string, env []string, args []string) (Config, error) {
 	c := Default()
 
 	fs, flags := newFlagSet()
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(joinBoolValues(fs, args)); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
@@ -279,6 +279,11 @@ func (v *flagValue) String() string {
 	return v.def
 }
 
+// IsBoolFlag lets a boolean option's flag stand alone: --export-fail-on-partial
+// means true (--flag=false still works), as with the flag package's own
+// boolean flags.
+func (v *flagValue) IsBoolFlag() bool { return v.opt.typ.Kind() == reflect.Bool }
+
 func (v *flagValue) Set(s string) error {
 	var scratch Config
 	if err := v.opt.set(&scratch, s); err != nil {
@@ -300,6 +305,46 @@ func (f configFlag) String() string {
 func (f configFlag) Set(s string) error {
 	f.fv.config, f.fv.configSet = s, true
 	return nil
+}
+
+// joinBoolValues keeps the older spelling of boolean flags with a separate
+// value working: "--export-poll-throttle false" becomes
+// "--export-poll-throttle=false". A boolean flag followed by anything but
+// true or false takes no value (serve takes no positional arguments, so
+// nothing else can be meant).
+func joinBoolValues(fs *flag.FlagSet, args []string) []string {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		name := strings.TrimLeft(a, "-")
+		if n := len(a) - len(name); n == 0 || n > 2 || strings.Contains(name, "=") || i+1 >= len(args) {
+			out = append(out, a)
+			continue
+		}
+		if !isBoolFlag(fs.Lookup(name)) {
+			out = append(out, a)
+			continue
+		}
+		switch next := strings.ToLower(args[i+1]); next {
+		case "true", "false":
+			out = append(out, a+"="+next)
+			i++
+		default:
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func isBoolFlag(f *flag.Flag) bool {
+	if f == nil {
+		return false
+	}
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
 }
 
 // newFlagSet declares --config and one flag per option. The flag set prints

@@ -27,9 +27,14 @@ func WriteUsage(w io.Writer) {
 		if d := o.format(&def); d != "" {
 			extra += ", default " + d
 		}
-		fmt.Fprintf(tw, "  --%s %s\t%s (%s)\n", o.Flag, o.placeholder(), o.Usage, extra)
+		sep := " "
+		if strings.HasPrefix(o.placeholder(), "[") {
+			sep = "" // --flag[=BOOL]: a boolean flag alone means true
+		}
+		fmt.Fprintf(tw, "  --%s%s%s\t%s (%s)\n", o.Flag, sep, o.placeholder(), o.Usage, extra)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nPrecedence, lowest first: defaults, config file, %s* environment variables, flags.\n", EnvPrefix)
+	fmt.Fprintf(w, "Boolean flags alone mean true (--export-fail-on-partial); --flag=false turns one off.\n")
 	fmt.Fprintf(w, "Durations: Go syntax (30s, 720h) or days (30d). Sizes: bytes or 256MiB, 100MB, 1GiB.\n")
 }

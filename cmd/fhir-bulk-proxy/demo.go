@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"syscall"
 	"time"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/app"
@@ -29,8 +30,8 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var o fhirtest.Options
 	o.BasePath = "/fhir"
 	simFlags(fs, &o)
-	listen := fs.String("listen", "127.0.0.1:8080", "address of the proxy")
-	simListen := fs.String("sim-listen", "127.0.0.1:0", "address of the synthetic upstream")
+	listen := fs.String("listen", "127.0.0.1:8080", "address of the proxy (127.0.0.1:0: any free port)")
+	simListen := fs.String("sim-listen", "127.0.0.1:0", "address of the synthetic upstream (127.0.0.1:0: any free port)")
 	dataDir := fs.String("data-dir", "", "data directory of the proxy (default: a temporary one, removed at exit)")
 	group := fs.String("group", "all", "Group to export")
 	exit := fs.Bool("exit", false, "exit after the export (status 0 only if it matched the ground truth)")
@@ -50,7 +51,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sim := fhirtest.New(o)
 	sln, err := net.Listen("tcp", *simListen)
 	if err != nil {
-		return err
+		return portHint(err, "--sim-listen", *simListen)
 	}
 	simSrv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = simSrv.Serve(sln) }()
@@ -83,7 +84,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if err := a.Start(ctx); err != nil {
 		_ = a.Shutdown(context.Background())
-		return err
+		return portHint(err, "--listen", *listen)
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -113,6 +114,19 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return nil
+}
+
+// portHint turns "address already in use" for addr into a hint naming the
+// flag that picks another; other errors pass unchanged.
+func portHint(err error, flagName, addr string) error {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return err
+	}
+	port := addr
+	if _, p, splitErr := net.SplitHostPort(addr); splitErr == nil {
+		port = p
+	}
+	return fmt.Errorf("port %s is in use (%s %s): pass %s 127.0.0.1:0 for any free port, or another port", port, flagName, addr, flagName)
 }
 
 // runDemoExport runs one Group export through the proxy's HTTP API like a

@@ -32,6 +32,9 @@ func TestLoggerFormats(t *testing.T) {
 		if !strings.Contains(out, "hello") || !strings.Contains(out, "j1") {
 			t.Errorf("%s: %q lacks the message or field", tc.format, out)
 		}
+		if strings.Contains(out, "\x1b[") {
+			t.Errorf("%s: colours in output that is not a terminal: %q", tc.format, out)
+		}
 	}
 	// auto on a file that is not a terminal writes JSON.
 	f, err := os.CreateTemp(t.TempDir(), "log")

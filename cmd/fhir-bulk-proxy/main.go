@@ -35,7 +35,7 @@ const usage = `fhir-bulk-proxy: FHIR Bulk Data $export for any FHIR R4 server
 Usage:
   fhir-bulk-proxy serve [--config FILE] [--upstream URL] [flags]   run the proxy (serve --help lists every flag)
   fhir-bulk-proxy sim [--listen ADDR] [--patients N] [--seed S]   run the synthetic FHIR upstream
-  fhir-bulk-proxy demo [--exit]                                    start sim and proxy, run one verified Group export
+  fhir-bulk-proxy demo [--exit] [--listen ADDR] [--sim-listen ADDR] start sim and proxy, run one verified Group export
   fhir-bulk-proxy bench [--quick] [--json]                         measure the proxy against the upstream's limit (BENCHMARKS.md)
   fhir-bulk-proxy export --base URL (--group ID|--patients|--system|--status URL) --out DIR   Bulk Data client (export --help)
   fhir-bulk-proxy version
@@ -105,7 +105,8 @@ func versionString() string {
 	return s
 }
 
-// newLogger builds the process logger from the log settings.
+// newLogger builds the process logger from the log settings. Console
+// lines are coloured only on a terminal without NO_COLOR.
 func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
 	lvl, err := zerolog.ParseLevel(level)
 	if err != nil {
@@ -113,14 +114,26 @@ func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
 	}
 	if format == "auto" {
 		format = "json"
-		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		if isTerminal(w) {
 			format = "console"
 		}
 	}
 	if format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !colour(w)}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// colour reports whether console output to w may use ANSI colours: only on
+// a terminal, and not when NO_COLOR is set (https://no-color.org).
+func colour(w io.Writer) bool {
+	return isTerminal(w) && os.Getenv("NO_COLOR") == ""
 }
 
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -137,6 +150,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	warnUnknownEnv(log, os.Environ())
 	a, err := app.New(cfg, log)
 	if err != nil {
 		return err
@@ -153,4 +167,19 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return errors.Join(err, a.Shutdown(sctx))
+}
+
+// warnUnknownEnv logs one warning per FBP_ variable that names no option
+// (a misspelled name would leave its option at the default without a
+// word). Only names are logged, never values.
+func warnUnknownEnv(log zerolog.Logger, env []string) {
+	for _, u := range config.UnknownEnv(env) {
+		ev := log.Warn().Str("variable", u.Name)
+		msg := "unknown environment variable " + u.Name + " ignored: no option has this name"
+		if u.DidYouMean != "" {
+			ev = ev.Str("did_you_mean", u.DidYouMean)
+			msg += "; did you mean " + u.DidYouMean + "?"
+		}
+		ev.Msg(msg + " (serve --help lists every FBP_ variable)")
+	}
 }

@@ -6,12 +6,15 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -116,11 +119,62 @@ func TestServeBinaryInFrontOfSim(t *testing.T) {
 	}
 }
 
+// TestDemoExitVerifiesExport runs the demo with its output redirected (not
+// a terminal): it verifies the export and writes no ANSI colour codes.
 func TestDemoExitVerifiesExport(t *testing.T) {
 	var out bytes.Buffer
-	code := run([]string{"demo", "--exit", "--listen", "127.0.0.1:0", "--patients", "20"}, &out, io.Discard)
+	var errOut lockedBuffer // the logger writes from several goroutines
+	code := run([]string{"demo", "--exit", "--listen", "127.0.0.1:0", "--patients", "20", "--log-level", "info"}, &out, &errOut)
 	if code != 0 || !strings.Contains(out.String(), "verified:") {
 		t.Fatalf("demo exited %d:\n%s", code, out.String())
+	}
+	if !strings.Contains(errOut.String(), "fhir-bulk-proxy serving") {
+		t.Errorf("no log lines at level info:\n%s", errOut.String())
+	}
+	for name, s := range map[string]string{"stdout": out.String(), "stderr": errOut.String()} {
+		if strings.Contains(s, "\x1b[") {
+			t.Errorf("ANSI escape codes in the demo's redirected %s:\n%q", name, s)
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestDemoPortInUse: a taken port gets a hint naming the flag to change.
+func TestDemoPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	for _, flagName := range []string{"--listen", "--sim-listen"} {
+		var out bytes.Buffer
+		var errOut lockedBuffer
+		args := []string{"demo", "--exit", "--listen", "127.0.0.1:0", "--patients", "2"}
+		args = append(args, flagName, addr)
+		code := run(args, &out, &errOut)
+		want := "port " + port + " is in use (" + flagName + " " + addr + "): pass " + flagName + " 127.0.0.1:0"
+		if code != 1 || !strings.Contains(errOut.String(), want) {
+			t.Errorf("%s on a taken port: exit %d, stderr %q; want %q", flagName, code, errOut.String(), want)
+		}
 	}
 }
 
@@ -135,5 +189,119 @@ func TestCommandLine(t *testing.T) {
 	errOut.Reset()
 	if code := run([]string{"serve", "--listen", "127.0.0.1:0"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "upstream") {
 		t.Errorf("serve without upstream: %d %q", code, errOut.String())
+	}
+}
+
+// TestServeStartupMessages starts the real binary the way a new user might:
+// a boolean flag without a value before another flag, a misspelled FBP_
+// variable, and an upstream URL that is a plain web server. It serves
+// anyway, and its log says what is wrong and which FHIR base to use.
+func TestServeStartupMessages(t *testing.T) {
+	bin := buildBinary(t)
+	const secret = "value-never-logged-42"
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte("<html><body>Not Found " + secret + "</body></html>"))
+	}))
+	defer web.Close()
+
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--upstream", web.URL+"/",
+		"--export-fail-on-partial", "--base-path", "/fhir", "--data-dir", t.TempDir(), "--log-level", "info")
+	cmd.Env = append(os.Environ(), "FBP_DATADIR="+secret, "FBP_EXPORT_POLL_THROTLE=false", "FBP_REQUIRE_BROWSER=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill() }()
+
+	type line struct {
+		Level      string `json:"level"`
+		Message    string `json:"message"`
+		Variable   string `json:"variable"`
+		DidYouMean string `json:"did_you_mean"`
+		Listen     string `json:"listen"`
+		FHIRBase   string `json:"fhir_base"`
+		Status     int    `json:"status"`
+	}
+	lines := make(chan line, 1000)
+	raw := make(chan string, 1000)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			raw <- sc.Text()
+			var l line
+			if json.Unmarshal(sc.Bytes(), &l) != nil {
+				t.Errorf("not a JSON log line: %q", sc.Text())
+				continue
+			}
+			lines <- l
+		}
+	}()
+	var unknown []line
+	var serving, upstream *line
+	timeout := time.After(time.Minute)
+	for serving == nil || upstream == nil {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("serve exited: %v", cmd.Wait())
+			}
+			switch {
+			case l.Variable != "":
+				unknown = append(unknown, l)
+			case strings.HasPrefix(l.Message, "fhir-bulk-proxy serving"):
+				serving = &l
+			case strings.HasPrefix(l.Message, "start-up check of the upstream"):
+				upstream = &l
+			}
+		case <-timeout:
+			t.Fatal("serve did not log its start")
+		}
+	}
+	// One warning per unknown variable, with a suggestion; CI switches
+	// are not reported.
+	if len(unknown) != 2 || unknown[0].Variable != "FBP_DATADIR" || unknown[0].DidYouMean != "FBP_DATA_DIR" ||
+		unknown[1].Variable != "FBP_EXPORT_POLL_THROTLE" || unknown[1].DidYouMean != "FBP_EXPORT_POLL_THROTTLE" ||
+		unknown[0].Level != "warn" || !strings.Contains(unknown[0].Message, "did you mean FBP_DATA_DIR?") {
+		t.Errorf("unknown variable warnings: %+v", unknown)
+	}
+	// The start-up line names the FHIR base clients use.
+	if want := "http://" + serving.Listen + "/fhir"; serving.FHIRBase != want || !strings.Contains(serving.Message, want) {
+		t.Errorf("start-up line %+v; want FHIR base %s", serving, want)
+	}
+	// The upstream is no FHIR server: an error saying what came back.
+	if upstream.Level != "error" || upstream.Status != 404 || !strings.Contains(upstream.Message, "404 (text/html, not JSON)") ||
+		!strings.Contains(upstream.Message, "expected a FHIR CapabilityStatement") || !strings.Contains(upstream.Message, "/fhir") {
+		t.Errorf("upstream check line: %+v", upstream)
+	}
+	// It serves anyway; /readyz is 503 and says why.
+	resp, err := http.Get("http://" + serving.Listen + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "expected a FHIR CapabilityStatement") {
+		t.Errorf("readyz: %d %s", resp.StatusCode, body)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for range lines {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("serve exited with %v after SIGTERM", err)
+	}
+	close(raw)
+	for l := range raw {
+		if strings.Contains(l, secret) {
+			t.Errorf("a variable's value or the upstream's body is in the log: %s", l)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/bulkclient"
@@ -73,7 +74,7 @@ type exportFlags struct {
 	scope, keyID, alg                    string
 	parallel, retries                    int
 	maxWait                              time.Duration
-	cancelOnInterrupt                    bool
+	cancelOnInterrupt, force             bool
 	progress                             string
 	request                              bulkclient.Request
 	header                               http.Header
@@ -89,7 +90,8 @@ func parseExportFlags(args []string, stderr io.Writer) (*exportFlags, error) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&f.base, "base", "", "FHIR base URL of the Bulk Data server (required)")
-	fs.StringVar(&f.out, "out", "", "directory for the files and manifest.json (required)")
+	fs.StringVar(&f.out, "out", "", "directory for the files and manifest.json (required; empty or new, see --force)")
+	fs.BoolVar(&f.force, "force", false, "export into a non-empty --out: first remove the files an earlier export wrote there (*.ndjson, errors/, deleted/, manifest.json); other files stay")
 	fs.StringVar(&f.group, "group", "", "export the Group with this id ([base]/Group/ID/$export)")
 	fs.BoolVar(&f.patientsLevel, "patients", false, "export all patients ([base]/Patient/$export)")
 	fs.BoolVar(&f.system, "system", false, "system-level export ([base]/$export)")
@@ -243,6 +245,26 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return exportExitFailed
 	}
 
+	// One folder, one export: check (or, with --force, clear) it before
+	// the kick-off, so that a refusal leaves no export behind.
+	state, err := bulkclient.ReadDirState(f.out)
+	if err != nil {
+		state = nil // unreadable: not ours to trust
+	}
+	if f.force {
+		n, err := bulkclient.ClearOutDir(f.out)
+		if err != nil {
+			return fail("--force: %v", err)
+		}
+		if n > 0 {
+			rep.Logf("--force: removed %d files of an earlier export from %s", n, f.out)
+		}
+	} else if err := bulkclient.CheckOutDir(f.out, f.status); err != nil {
+		rep.Finish()
+		fmt.Fprintf(stderr, "export: %v\n", err)
+		return exportExitUsage
+	}
+
 	creds, err := exportCredentials(ctx, f)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -252,6 +274,7 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		return fail("%v", err)
 	}
+	polls := &pollRecorder{Reporter: rep}
 	ex := &bulkclient.Exporter{
 		Base:        f.base,
 		Header:      f.header,
@@ -259,7 +282,7 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		MaxWait:     f.maxWait,
 		Parallel:    f.parallel,
 		Retries:     f.retries,
-		Progress:    rep,
+		Progress:    polls,
 	}
 
 	statusURL := f.status
@@ -278,6 +301,8 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 				fmt.Fprintf(stderr, "export: interrupted; the export was cancelled (DELETE %s)\n", statusURL)
 			}
 		default:
+			// The re-attached client waits what the server last asked.
+			_ = bulkclient.WriteDirState(f.out, &bulkclient.DirState{StatusURL: statusURL, NextPoll: polls.nextPoll()})
 			fmt.Fprintf(stderr, "export: interrupted; the export goes on at the server. Re-attach with:\n"+
 				"  fhir-bulk-proxy export --base %s --status %s --out %s\n", f.base, statusURL, f.out)
 		}
@@ -289,6 +314,21 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			rep.Logf("--status given: the kick-off flags are ignored")
 		}
 		rep.Logf("re-attaching to %s", statusURL)
+		if state != nil && state.StatusURL == statusURL {
+			// An interrupted client was told when to poll next: a poll
+			// before then is throttled (429).
+			if wait := time.Until(state.NextPoll); wait > 0 {
+				wait = min(wait, maxFirstPollWait)
+				rep.Logf("waiting %s before the first status poll, as the server asked (Retry-After)", wait.Round(100*time.Millisecond))
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return interrupted()
+				case <-t.C:
+				}
+			}
+		}
 	} else {
 		method := "GET"
 		if f.request.UsesPost() {
@@ -302,6 +342,11 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			}
 			return fail("%v", err)
 		}
+	}
+	// The folder now belongs to this export (CheckOutDir lets a
+	// re-attached client in).
+	if err := bulkclient.WriteDirState(f.out, &bulkclient.DirState{StatusURL: statusURL}); err != nil {
+		return fail("--out: %v", err)
 	}
 
 	m, err := ex.Poll(ctx, statusURL)
@@ -350,6 +395,35 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return exportExitFailed
 	}
 	return exportExitOK
+}
+
+// maxFirstPollWait bounds the wait before a re-attached client's first
+// poll (a recorded time far ahead is no reason to sleep for days).
+const maxFirstPollWait = time.Hour
+
+// pollRecorder is the progress reporter, also noting when the server
+// allows the next status poll by its Retry-After (for the state file of
+// an interrupted export).
+type pollRecorder struct {
+	*bulkclient.Reporter
+	mu   sync.Mutex
+	next time.Time
+}
+
+func (p *pollRecorder) Polled(s bulkclient.PollStatus) {
+	p.mu.Lock()
+	p.next = time.Time{}
+	if s.FromServer {
+		p.next = time.Now().Add(s.Wait)
+	}
+	p.mu.Unlock()
+	p.Reporter.Polled(s)
+}
+
+func (p *pollRecorder) nextPoll() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.next
 }
 
 // exportCredentials builds the credentials the flags ask for (nil: none).

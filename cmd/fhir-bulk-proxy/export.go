@@ -8,14 +8,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/bulkclient"
-	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/upstream"
 )
 
 // Exit statuses of the export command.
@@ -110,10 +108,10 @@ func parseExportFlags(args []string, stderr io.Writer) (*exportFlags, error) {
 	fs.Var(&f.headers, "header", "extra request header 'Name: value', sent only to the origin of --base (repeatable)")
 	fs.StringVar(&f.token, "token", "", "static bearer token (sent only to the origin of --base)")
 	fs.StringVar(&f.clientID, "client-id", "", "SMART Backend Services client id (with --private-key)")
-	fs.StringVar(&f.keyFile, "private-key", "", "SMART Backend Services private key, PEM file (RSA, EC or Ed25519)")
+	fs.StringVar(&f.keyFile, "private-key", "", "SMART Backend Services private key (RSA, EC or Ed25519): a PEM file, a private JWK, or a JWK Set holding one private key")
 	fs.StringVar(&f.tokenURL, "token-url", "", "token endpoint (default: token_endpoint of [base]/.well-known/smart-configuration)")
 	fs.StringVar(&f.scope, "scope", "system/*.read", "scope requested with SMART Backend Services")
-	fs.StringVar(&f.keyID, "key-id", "", "kid of the client assertions (the key's id in the client's JWKS)")
+	fs.StringVar(&f.keyID, "key-id", "", "kid of the client assertions: the key's kid in the JWK Set the server registered (servers require one; default: the kid of a JWK --private-key, else the key's RFC 7638 JWK thumbprint)")
 	fs.StringVar(&f.alg, "alg", "", "JWS algorithm of the client assertions (default after the key: RS384, ES256/ES384/ES512, EdDSA)")
 	fs.IntVar(&f.parallel, "parallel", 4, "files downloaded at once")
 	fs.IntVar(&f.retries, "retries", 5, "retries of a file download and of failed status polls in a row")
@@ -265,7 +263,7 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return exportExitUsage
 	}
 
-	creds, err := exportCredentials(ctx, f)
+	creds, err := exportCredentials(ctx, f, rep)
 	if err != nil {
 		if ctx.Err() != nil {
 			rep.Finish()
@@ -424,41 +422,6 @@ func (p *pollRecorder) nextPoll() time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.next
-}
-
-// exportCredentials builds the credentials the flags ask for (nil: none).
-func exportCredentials(ctx context.Context, f *exportFlags) (bulkclient.Credentials, error) {
-	switch {
-	case f.token != "":
-		return upstream.StaticBearer(f.token), nil
-	case f.clientID == "":
-		return nil, nil
-	}
-	pemBytes, err := os.ReadFile(f.keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("--private-key: %w", err)
-	}
-	key, err := upstream.LoadPrivateKey(pemBytes)
-	if err != nil {
-		return nil, fmt.Errorf("--private-key %s: %w", f.keyFile, err)
-	}
-	tokenURL := f.tokenURL
-	if tokenURL == "" {
-		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		tokenURL, err = bulkclient.DiscoverTokenURL(dctx, &http.Client{Timeout: 30 * time.Second}, f.base)
-		if err != nil {
-			return nil, fmt.Errorf("%w (give --token-url)", err)
-		}
-	}
-	return upstream.NewBackendServices(upstream.BackendServicesOptions{
-		TokenURL: tokenURL,
-		ClientID: f.clientID,
-		Key:      key,
-		KeyID:    f.keyID,
-		Alg:      f.alg,
-		Scope:    f.scope,
-	})
 }
 
 // exportSummary prints what was exported: files, resources per type,

@@ -118,7 +118,8 @@ func (e *DirNotEmptyError) Error() string {
 }
 
 // CheckOutDir checks that dir may receive an export: it does not exist,
-// it is empty, or (when statusURL is not "") its StateFile records that
+// it is empty (but for a StateFile), or (when statusURL is not "") its
+// StateFile records that
 // export, so that a re-attached client finishes what an interrupted one
 // began. Otherwise the error is a *DirNotEmptyError. dir must not be a
 // file.
@@ -130,6 +131,11 @@ func CheckOutDir(dir, statusURL string) error {
 	if err != nil {
 		return fmt.Errorf("--out %s: %w", dir, err)
 	}
+	// The state file alone holds no export data (an export that failed
+	// before its download leaves it): it does not make dir non-empty.
+	entries = slices.DeleteFunc(entries, func(e fs.DirEntry) bool {
+		return !e.IsDir() && (e.Name() == StateFile || e.Name() == StateFile+".part")
+	})
 	if len(entries) == 0 {
 		return nil
 	}

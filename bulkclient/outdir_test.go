@@ -83,6 +83,14 @@ func TestCheckAndClearOutDir(t *testing.T) {
 	if err := CheckOutDir(t.TempDir(), ""); err != nil {
 		t.Errorf("an empty folder: %v", err)
 	}
+	// An export that failed before its download left only its state.
+	failed := t.TempDir()
+	if err := WriteDirState(failed, &DirState{StatusURL: "http://s/jobs/0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckOutDir(failed, ""); err != nil {
+		t.Errorf("a folder with only a state file: %v", err)
+	}
 
 	dir := filepath.Join(root, "old")
 	writeFiles(t, dir, "Patient-1.ndjson", "Observation-1.ndjson", "Observation-2.ndjson.part", "manifest.json",

@@ -182,26 +182,32 @@ func PublicBase(template string, m *Mount, r *http.Request, vars map[string]stri
 	return scheme + "://" + r.Host + Expand(m.String(), vars)
 }
 
-// logError logs a failed request. Errors of the client's request (kinds
-// other than internal) are logged by kind, offending parameter and
-// upstream status: their messages quote the client's input (patient ids,
-// _typeFilter values), which the log never holds. Internal errors are
-// logged whole: they come from the store and the disk, not from requests.
+// logError logs a failed request. Errors of the client's request (bad
+// input, not found, limits) are logged by kind, offending parameter and
+// upstream status only: their messages quote the client's input (patient
+// ids, _typeFilter values), which the log never holds. Internal errors
+// (the store, the disk) and the upstream's failures are logged whole: the
+// upstream client's messages name requests by type and parameter names
+// (see redact).
 func (h *handlers) logError(c *gin.Context, err error, what string) {
 	log := zerolog.Ctx(c.Request.Context())
 	kind := exporter.ErrorKind(err)
-	ev := log.Warn()
-	if kind == exporter.EINTERNAL {
+	var ev *zerolog.Event
+	switch kind {
+	case exporter.EINTERNAL:
 		ev = log.Error().Err(logErr(err))
-	} else {
-		ev = ev.Str("error_kind", kind)
-		var xe *exporter.Error
-		if errors.As(err, &xe) && xe.Param != "" {
-			ev = ev.Str("param", xe.Param)
-		}
-		if st := exporter.UpstreamStatus(err); st != 0 {
-			ev = ev.Int("upstream_status", st)
-		}
+	case exporter.EUPSTREAM, exporter.EUNAVAILABLE, exporter.ETIMEOUT:
+		ev = log.Warn().Err(logErr(err))
+	default:
+		ev = log.Warn()
+	}
+	ev = ev.Str("error_kind", kind)
+	var xe *exporter.Error
+	if errors.As(err, &xe) && xe.Param != "" {
+		ev = ev.Str("param", xe.Param)
+	}
+	if st := exporter.UpstreamStatus(err); st != 0 {
+		ev = ev.Int("upstream_status", st)
 	}
 	ev.Str("path", h.logPath(c)).Msg(what + " failed")
 }

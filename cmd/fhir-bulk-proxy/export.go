@@ -299,8 +299,13 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 				fmt.Fprintf(stderr, "export: interrupted; the export was cancelled (DELETE %s)\n", statusURL)
 			}
 		default:
-			// The re-attached client waits what the server last asked.
-			_ = bulkclient.WriteDirState(f.out, &bulkclient.DirState{StatusURL: statusURL, NextPoll: polls.nextPoll()})
+			// The re-attached client waits what the server last asked
+			// (this client's last poll, or the one before it re-attached).
+			next := polls.nextPoll()
+			if next.IsZero() && state != nil && state.StatusURL == statusURL {
+				next = state.NextPoll
+			}
+			_ = bulkclient.WriteDirState(f.out, &bulkclient.DirState{StatusURL: statusURL, NextPoll: next})
 			fmt.Fprintf(stderr, "export: interrupted; the export goes on at the server. Re-attach with:\n"+
 				"  fhir-bulk-proxy export --base %s --status %s --out %s\n", f.base, statusURL, f.out)
 		}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/schollz/progressbar/v3"
 )
 
 func TestExportKickOffGetAndPost(t *testing.T) {
@@ -214,4 +216,21 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestSizesAreBinaryEverywhere: the download bar counts in KiB and MiB
+// like the file lines and the summary (HumanBytes), not in kB and MB.
+func TestSizesAreBinaryEverywhere(t *testing.T) {
+	var b bytes.Buffer
+	// The bar's own options, rendering at every update.
+	bar := progressbar.NewOptions64(-1, append(barOptions(&b, "downloading", true), progressbar.OptionThrottle(0))...)
+	_ = bar.Add64(3 << 20)
+	_ = bar.Add64(1 << 19)
+	out := b.String()
+	if !strings.Contains(out, "3.5 MiB") || strings.Contains(out, " MB") || strings.Contains(out, " kB") {
+		t.Errorf("bar output %q: want 3.5 MiB", out)
+	}
+	if got := HumanBytes(3<<20 + 1<<19); got != "3.5 MiB" {
+		t.Errorf("HumanBytes %q", got)
+	}
 }

@@ -237,7 +237,9 @@ func (e *Exporter) allPages(ctx context.Context, m *Manifest) (*Manifest, error)
 	}
 }
 
-// fetchPage gets one manifest page, retrying like a poll.
+// fetchPage gets one manifest page, retrying like a poll: 429 is waited
+// out (Retry-After, else backoff) for as long as ctx lasts; network errors
+// and transient 5xx answers count towards Retries.
 func (e *Exporter) fetchPage(ctx context.Context, u string) (*Manifest, error) {
 	bo := newBackoff(time.Second, e.maxWait())
 	for failures := 0; ; {
@@ -248,6 +250,7 @@ func (e *Exporter) fetchPage(ctx context.Context, u string) (*Manifest, error) {
 		req.Header.Set("Accept", "application/json")
 		resp, err := e.client.Do(req)
 		var wait time.Duration
+		throttled := false
 		if err == nil {
 			if resp.StatusCode == http.StatusOK {
 				m, err := decodeManifest(resp.Body)
@@ -261,10 +264,15 @@ func (e *Exporter) fetchPage(ctx context.Context, u string) (*Manifest, error) {
 			}
 			err = oe
 			wait, _ = retryAfter(resp.Header, time.Now())
+			throttled = resp.StatusCode == http.StatusTooManyRequests
 		} else if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		failures++
+		// A 429 is the server pacing us, as during polling: waited out,
+		// not counted as a failure.
+		if !throttled {
+			failures++
+		}
 		if failures > e.retries() {
 			return nil, fmt.Errorf("manifest page %s: %w", u, err)
 		}

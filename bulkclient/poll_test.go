@@ -265,3 +265,48 @@ func TestPollRetryAfterParsing(t *testing.T) {
 		}
 	}
 }
+
+// TestManifestPageThrottlingIsWaitedOut: 429s on a manifest page are the
+// server's pacing: waited out after their Retry-After, more of them than
+// Retries, not a failure.
+func TestManifestPageThrottlingIsWaitedOut(t *testing.T) {
+	var srvURL string
+	var mu sync.Mutex
+	throttled := 0
+	mux := http.NewServeMux()
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `{"transactionTime":"t","output":[{"type":"Patient","url":"a","count":1}],"link":[{"relation":"next","url":"%s/page/1"}]}`, srvURL)
+	})
+	mux.HandleFunc("/page/1", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if throttled < 6 {
+			throttled++
+			w.Header().Set("Retry-After", "2")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		fmt.Fprint(w, `{"transactionTime":"t","output":[{"type":"Condition","url":"b","count":2}]}`)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	srvURL = srv.URL
+	e, rec := newTestExporter(srv.URL) // Retries 3
+	m, err := e.Poll(context.Background(), srv.URL+"/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Output) != 2 {
+		t.Fatalf("merged manifest %+v", m)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.waits) != 6 {
+		t.Fatalf("waits %v, want six of 2s", rec.waits)
+	}
+	for _, w := range rec.waits {
+		if w != 2*time.Second {
+			t.Errorf("waited %s, not the Retry-After", w)
+		}
+	}
+}

@@ -247,6 +247,12 @@ func (r *Reporter) Finish() {
 // newBar makes a bar (max 100, a percentage) or a spinner (max -1) that
 // clears itself when finished.
 func newBar(w io.Writer, max int64, desc string, bytes bool) *progressbar.ProgressBar {
+	return progressbar.NewOptions64(max, barOptions(w, desc, bytes)...)
+}
+
+// barOptions are the options of newBar's bars. Sizes are binary (KiB,
+// MiB), as HumanBytes writes them everywhere else.
+func barOptions(w io.Writer, desc string, bytes bool) []progressbar.Option {
 	opts := []progressbar.Option{
 		progressbar.OptionSetWriter(w),
 		progressbar.OptionSetDescription(desc),
@@ -260,10 +266,10 @@ func newBar(w io.Writer, max int64, desc string, bytes bool) *progressbar.Progre
 	}
 	if bytes {
 		// Byte counts come often; polls (the other bar) do not.
-		opts = append(opts, progressbar.OptionShowBytes(true), progressbar.OptionShowCount(),
-			progressbar.OptionThrottle(100*time.Millisecond))
+		opts = append(opts, progressbar.OptionShowBytes(true), progressbar.OptionUseIECUnits(true),
+			progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond))
 	}
-	return progressbar.NewOptions64(max, opts...)
+	return opts
 }
 
 func roundWait(d time.Duration) time.Duration {
@@ -273,7 +279,8 @@ func roundWait(d time.Duration) time.Duration {
 	return d.Round(time.Millisecond)
 }
 
-// HumanBytes formats a byte count with binary units.
+// HumanBytes formats a byte count with binary units (KiB, MiB, ...), the
+// one unit system of every size the client prints.
 func HumanBytes(n int64) string {
 	const unit = 1024
 	if n < unit {

@@ -82,7 +82,8 @@ type StatusError struct {
 	// Diagnostics is a short excerpt of the upstream's answer. It may echo
 	// search values (PHI): Error leaves it out, and it is never logged.
 	Diagnostics string
-	// URL is the request's URL without query values.
+	// URL is the request's URL for messages and logs (redact.URL): ids in
+	// its path are "{id}", its query is the names of its parameters.
 	URL string
 }
 

@@ -52,7 +52,7 @@ func (r *jobRun) plan(ctx context.Context) error {
 	var err error
 	switch req.Level {
 	case LevelGroup:
-		r.setPhase("reading Group " + req.GroupID)
+		r.setPhase("planning: reading Group " + req.GroupID)
 		if members, err = readGroup(ctx, r.up, req.GroupID); err != nil {
 			return err
 		}
@@ -63,7 +63,7 @@ func (r *jobRun) plan(ctx context.Context) error {
 		if len(req.Patients) > 0 {
 			members = req.Patients
 		} else {
-			r.setPhase("listing patients")
+			r.setPhase("planning: listing patients")
 			if members, err = listPatients(ctx, r.up, r.s.opts.PageSize); err != nil {
 				return err
 			}
@@ -87,7 +87,7 @@ func (r *jobRun) plan(ctx context.Context) error {
 	windows := make([][][]string, len(searches))
 	empty := make([]bool, len(searches))
 	if req.Level == LevelSystem {
-		r.setPhase("counting resources")
+		r.setPhase("planning: counting resources")
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(r.s.opts.UnitConcurrency)
 		for i, sr := range searches {

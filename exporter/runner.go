@@ -404,7 +404,7 @@ func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *i
 			if keep := r.elements[u.Type]; keep != nil {
 				sub, err := subsetResource(e.Resource, keep)
 				if err != nil {
-					return fmt.Errorf("_elements on %s/%s: %w", u.Type, e.ID, err)
+					return fmt.Errorf("_elements on a %s of unit %d: %w", u.Type, u.ID, err) // no id: this reaches the log
 				}
 				e.Resource = sub
 			}
@@ -445,7 +445,7 @@ func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *i
 	if u.Filter != "" {
 		fq, err := url.ParseQuery(u.Filter)
 		if err != nil {
-			return Errorf(EINVALID, "_typeFilter %s?%s is malformed", u.Type, u.Filter)
+			return Errorf(EINVALID, "a _typeFilter of %s is malformed", u.Type) // no values: this reaches the log
 		}
 		params = fq
 	}

@@ -295,3 +295,37 @@ func TestCreate(t *testing.T) {
 	resp, body = do(t, mustReq(t, "POST", base+"/Observation", `not json`))
 	expectOutcome(t, resp, body, 400)
 }
+
+// TestPatientIDPrefix: with a prefix every Patient id, Group member and
+// compartment reference carries it, and searches by patient find the
+// compartment.
+func TestPatientIDPrefix(t *testing.T) {
+	t.Parallel()
+	const prefix = "zq7-"
+	s, base := startServer(t, Options{Patients: 12, Seed: 5, PatientIDPrefix: prefix})
+	ids := s.PatientIDs()
+	if len(ids) != 12 {
+		t.Fatalf("PatientIDs: %d", len(ids))
+	}
+	for i, id := range ids {
+		if id != prefix+strconv.Itoa(i+1) {
+			t.Errorf("patient %d has id %q", i, id)
+		}
+	}
+	if got := s.Members("all"); !slices.Equal(got, ids) {
+		t.Errorf("Group all members %v, want %v", got, ids)
+	}
+	want := s.Expected(Query{Patients: []string{ids[3]}, Types: []string{"Observation"}})["Observation"]
+	if len(want) == 0 {
+		t.Fatal("no Observation in the patient's compartment")
+	}
+	for _, body := range want {
+		if !bytes.Contains(body, []byte(`"Patient/`+ids[3]+`"`)) {
+			t.Fatalf("an Observation of %s does not refer to it: %s", ids[3], body)
+		}
+	}
+	b := getBundle(t, base+"/Observation?_count=1000&patient="+ids[3])
+	if len(b.Entry) != len(want) {
+		t.Errorf("search by patient found %d Observations, want %d", len(b.Entry), len(want))
+	}
+}

@@ -267,7 +267,7 @@ func (s *Server) genPatients(n int, sz sharedSizes) []resource {
 	var wg sync.WaitGroup
 	for range max(1, min(runtime.GOMAXPROCS(0), (n+chunk-1)/chunk)) {
 		wg.Go(func() {
-			g := &patientGen{seed: s.opts.Seed, sz: sz, backing: &backing, urls: s.opts.AttachmentURLs}
+			g := &patientGen{seed: s.opts.Seed, sz: sz, backing: &backing, urls: s.opts.AttachmentURLs, idPrefix: s.opts.PatientIDPrefix}
 			for {
 				start := int(next.Add(chunk)) - chunk
 				if start >= n {
@@ -336,7 +336,7 @@ type groupMember struct {
 // member and a Practitioner member.
 func (s *Server) genGroups(n int) {
 	r := newRand(s.opts.Seed, 2)
-	pref := func(i int) string { return "Patient/" + strconv.Itoa(i+1) }
+	pref := func(i int) string { return "Patient/" + s.opts.PatientIDPrefix + strconv.Itoa(i+1) }
 
 	var all, half, quarter []groupMember
 	for i := range n {

@@ -92,6 +92,8 @@ type patientGen struct {
 	// urls: DocumentReference attachments point to Binary/doc-{id}
 	// (Options.AttachmentURLs) instead of carrying their data.
 	urls bool
+	// idPrefix is Options.PatientIDPrefix.
+	idPrefix string
 }
 
 func (g *patientGen) reset(i int, base counts) {
@@ -99,7 +101,7 @@ func (g *patientGen) reset(i int, base counts) {
 	g.r = patientRand(g.seed, i)
 	g.cnt = drawCounts(g.r)
 	g.base = base
-	g.pid = strconv.Itoa(base[tPatient])
+	g.pid = g.idPrefix + strconv.Itoa(base[tPatient])
 	g.pref = "Patient/" + g.pid
 	g.patients = []string{g.pid}
 	g.encs, g.labs, g.conds, g.teams = g.encs[:0], g.labs[:0], g.conds[:0], g.teams[:0]

@@ -48,6 +48,12 @@ import (
 type Options struct {
 	// Patients is the number of patients (default 100).
 	Patients int
+	// PatientIDPrefix is put before every Patient id: "1", "2", ... become
+	// PatientIDPrefix+"1", ... (letters, digits, '-' and '.' only, so that
+	// ids stay FHIR ids). A long random prefix makes ids that cannot appear
+	// anywhere by chance, for tests that look for them (in logs, say).
+	// Default "": ids are small integers.
+	PatientIDPrefix string
 	// Seed seeds the generator; the same Seed and Patients give
 	// byte-identical data.
 	Seed int64

@@ -45,7 +45,7 @@ func (h *handlers) attachment(c *gin.Context) {
 		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "no such attachment")
 		return
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
-		zerolog.Ctx(c.Request.Context()).Warn().Int("upstream_status", resp.StatusCode).Str("attachment", rel).Msg("upstream refused an attachment")
+		zerolog.Ctx(c.Request.Context()).Warn().Int("upstream_status", resp.StatusCode).Str("path", h.logPath(c)).Msg("upstream refused an attachment")
 		WriteOutcome(c.Writer, http.StatusBadGateway, fhir.IssueTypeException,
 			"the upstream server answered "+http.StatusText(resp.StatusCode)+" for the attachment")
 		return
@@ -66,6 +66,6 @@ func (h *handlers) attachment(c *gin.Context) {
 		return
 	}
 	if _, err := io.Copy(c.Writer, resp.Body); err != nil {
-		zerolog.Ctx(c.Request.Context()).Debug().Err(err).Str("attachment", rel).Msg("attachment download interrupted")
+		zerolog.Ctx(c.Request.Context()).Debug().Err(err).Str("path", h.logPath(c)).Msg("attachment download interrupted")
 	}
 }

@@ -175,12 +175,7 @@ func (h *handlers) status(c *gin.Context) {
 			}
 			defer h.polls.told(job.ID, now, time.Duration(h.retryAfter(job))*time.Second)
 		}
-		p := job.Progress
-		progress := fmt.Sprintf("%d%% (%d of %d units, %d resources)", p.Percent(), p.UnitsDone, p.UnitsTotal, p.Resources)
-		if job.State == exporter.StateQueued {
-			progress = "queued"
-		}
-		w.Header().Set("X-Progress", truncate(progress, 99))
+		w.Header().Set("X-Progress", truncate(xProgress(job), 99))
 		w.Header().Set("Retry-After", strconv.Itoa(h.retryAfter(job)))
 		w.Header().Set("Cache-Control", "no-store")
 		if job.Request.PartialManifests {
@@ -277,6 +272,22 @@ func (h *handlers) retryAfter(j *exporter.Job) int {
 	}
 	wait = min(max(wait, time.Second), maxWait)
 	return int((wait + time.Second - 1) / time.Second)
+}
+
+// xProgress is the X-Progress of a queued or running job: "queued";
+// "planning" (or the planner's step, "planning: reading Group g") until
+// the job has work units; then "40% (8 of 20 units, 5120 resources)".
+func xProgress(job *exporter.Job) string {
+	p := job.Progress
+	switch {
+	case job.State == exporter.StateQueued:
+		return "queued"
+	case p.UnitsTotal == 0 && (p.Phase == "" || p.Phase == "starting"):
+		return "planning"
+	case p.UnitsTotal == 0:
+		return p.Phase
+	}
+	return fmt.Sprintf("%d%% (%d of %d units, %d resources)", p.Percent(), p.UnitsDone, p.UnitsTotal, p.Resources)
 }
 
 func truncate(s string, n int) string {

@@ -335,11 +335,12 @@ func (p *PassThrough) metadataStatus(w http.ResponseWriter, r *http.Request, rt 
 // we could not use from one we did not get.
 func (p *PassThrough) metadataFailed(w http.ResponseWriter, r *http.Request, rt *route, err error, unusable bool) {
 	status, code, msg := p.classify(r, err)
-	ev := p.log.Warn()
+	log := p.logger(r)
+	ev := log.Warn()
 	if status == StatusClientClosedRequest {
-		ev = p.log.Info()
+		ev = log.Info()
 	}
-	ev.Err(err).Int("status", status).Str("method", r.Method).Str("path", r.URL.Path).
+	ev.Err(logErr(err)).Int("status", status).Str("method", r.Method).Str("path", LogPath(p.mount, r.URL.EscapedPath())).
 		Str("upstream", rt.base.Redacted()).Msg("upstream metadata request failed")
 	if status == StatusClientClosedRequest {
 		return

@@ -181,7 +181,7 @@ func defaultPublicBase(m *Mount) func(r *http.Request, vars map[string]string) s
 
 // route is what ServeHTTP learns about a request before proxying it.
 type route struct {
-	path     string // the incoming path, for logs
+	logPath  string // the incoming path without ids, for logs (LogPath)
 	vars     map[string]string
 	base     *url.URL // expanded upstream base
 	target   *url.URL // upstream URL without query
@@ -210,7 +210,7 @@ func (p *PassThrough) resolve(r *http.Request) (*route, int, fhir.IssueType, str
 		return nil, http.StatusBadRequest, fhir.IssueTypeInvalid, "invalid path"
 	}
 	return &route{
-		path:     r.URL.Path,
+		logPath:  LogPath(p.mount, r.URL.EscapedPath()),
 		vars:     vars,
 		base:     baseURL,
 		target:   target,
@@ -298,16 +298,19 @@ func (p *PassThrough) modifyResponse(resp *http.Response) error {
 // whose context carries the route.
 func (p *PassThrough) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	status, code, msg := p.classify(r, err)
-	ev := p.log.Warn()
+	log := p.logger(r)
+	ev := log.Warn()
 	if status == StatusClientClosedRequest {
-		ev = p.log.Info()
+		ev = log.Info()
 	}
-	path, target := r.URL.Path, ""
+	// The path without ids, the upstream's origin and base, never the
+	// target (it holds the ids) or the query (search values).
+	path, upstream := LogPath(p.mount, r.URL.EscapedPath()), ""
 	if rt := routeOf(r.Context()); rt != nil {
-		path, target = rt.path, rt.target.Redacted()
+		path, upstream = rt.logPath, rt.base.Redacted()
 	}
-	ev.Err(err).Int("status", status).Str("method", r.Method).
-		Str("path", path).Str("upstream", target).Msg("pass-through request failed")
+	ev.Err(logErr(err)).Int("status", status).Str("method", r.Method).
+		Str("path", path).Str("upstream", upstream).Msg("pass-through request failed")
 	if status == StatusClientClosedRequest {
 		return
 	}
@@ -347,6 +350,15 @@ func (b *bufferPool) Get() []byte {
 
 func (b *bufferPool) Put(buf []byte) {
 	b.pool.Put(&buf)
+}
+
+// logger is the request's logger (tagged with its request id) or else the
+// handler's own.
+func (p *PassThrough) logger(r *http.Request) *zerolog.Logger {
+	if l := zerolog.Ctx(r.Context()); l.GetLevel() != zerolog.Disabled {
+		return l
+	}
+	return &p.log
 }
 
 // logWriter sends the ReverseProxy's own log lines to zerolog.

@@ -5,6 +5,7 @@
 package proxy
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -181,13 +182,42 @@ func PublicBase(template string, m *Mount, r *http.Request, vars map[string]stri
 	return scheme + "://" + r.Host + Expand(m.String(), vars)
 }
 
+// logError logs a failed request. Errors of the client's request (bad
+// input, not found, limits) are logged by kind, offending parameter and
+// upstream status only: their messages quote the client's input (patient
+// ids, _typeFilter values), which the log never holds. Internal errors
+// (the store, the disk) and the upstream's failures are logged whole: the
+// upstream client's messages name requests by type and parameter names
+// (see redact).
 func (h *handlers) logError(c *gin.Context, err error, what string) {
 	log := zerolog.Ctx(c.Request.Context())
-	ev := log.Warn()
-	if exporter.ErrorKind(err) == exporter.EINTERNAL {
-		ev = log.Error()
+	kind := exporter.ErrorKind(err)
+	var ev *zerolog.Event
+	switch kind {
+	case exporter.EINTERNAL:
+		ev = log.Error().Err(logErr(err))
+	case exporter.EUPSTREAM, exporter.EUNAVAILABLE, exporter.ETIMEOUT:
+		ev = log.Warn().Err(logErr(err))
+	default:
+		ev = log.Warn()
 	}
-	ev.Err(err).Str("path", c.Request.URL.Path).Msg(what + " failed")
+	ev = ev.Str("error_kind", kind)
+	var xe *exporter.Error
+	if errors.As(err, &xe) && xe.Param != "" {
+		ev = ev.Str("param", xe.Param)
+	}
+	if st := exporter.UpstreamStatus(err); st != 0 {
+		ev = ev.Int("upstream_status", st)
+	}
+	ev.Str("path", h.logPath(c)).Msg(what + " failed")
+}
+
+// logPath is the request's path for the log, without resource ids.
+func (h *handlers) logPath(c *gin.Context) string {
+	if route := c.FullPath(); route != "" {
+		return logRoute(route, c.Params)
+	}
+	return LogPath(h.mount, c.Request.URL.EscapedPath())
 }
 
 // recover turns a panic in a handler into a 500 OperationOutcome.
@@ -197,7 +227,7 @@ func (h *handlers) recover(c *gin.Context) {
 			if v == http.ErrAbortHandler {
 				panic(v)
 			}
-			zerolog.Ctx(c.Request.Context()).Error().Interface("panic", v).Str("path", c.Request.URL.Path).Msg("handler panicked")
+			zerolog.Ctx(c.Request.Context()).Error().Interface("panic", v).Str("path", h.logPath(c)).Msg("handler panicked")
 			if !c.Writer.Written() {
 				WriteOutcome(c.Writer, http.StatusInternalServerError, fhir.IssueTypeException, "internal error")
 			}
@@ -207,8 +237,9 @@ func (h *handlers) recover(c *gin.Context) {
 	c.Next()
 }
 
-// accessLog writes one line per request: request id, method, path,
-// status, size, duration and, once authenticated, the client id. Headers
+// accessLog writes one line per request: request id, method, path (with
+// resource ids replaced by "{id}", see LogPath), status, size, duration
+// and, once authenticated, the client id. Headers
 // (which carry bearer tokens), query strings (which may carry access_token)
 // and bodies (token requests carry client assertions) are never logged.
 //
@@ -239,7 +270,7 @@ func (h *handlers) accessLog(c *gin.Context) {
 		ev = log.Debug()
 	}
 	ev = ev.Str("method", c.Request.Method).
-		Str("path", c.Request.URL.Path).
+		Str("path", h.logPath(c)).
 		Int("status", status).
 		Int("bytes", c.Writer.Size()).
 		Dur("took", took)

@@ -334,7 +334,7 @@ func (c *Client) Read(ctx context.Context, resourceType, id string) ([]byte, err
 	r := &request{
 		method: http.MethodGet,
 		url:    c.baseStr + "/" + url.PathEscape(resourceType) + "/" + url.PathEscape(id),
-		what:   "read " + resourceType + "/" + id,
+		what:   "read " + resourceType, // never the id: messages reach the log
 		rtype:  resourceType,
 		read:   true,
 	}
@@ -423,7 +423,7 @@ func (c *Client) FetchRaw(ctx context.Context, rel, accept string) (*http.Respon
 	if !exporter.ValidAttachmentPath(rel) {
 		return nil, exporter.Errorf(exporter.EINVALID, "invalid attachment path %q", clip(rel, 80))
 	}
-	r := &request{method: http.MethodGet, url: c.baseStr + "/" + rel, what: "read " + rel, rtype: "Binary"}
+	r := &request{method: http.MethodGet, url: c.baseStr + "/" + rel, what: "read Binary", rtype: "Binary"}
 	req, err := http.NewRequestWithContext(ctx, r.method, r.url, nil)
 	if err != nil {
 		return nil, &exporter.Error{Kind: exporter.EINTERNAL, Message: "cannot build the upstream request for " + r.what, Err: redactErr(err)}

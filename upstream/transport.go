@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 	"unicode"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/redact"
 )
 
 // request is one logical upstream call; do may send it several times.
@@ -248,13 +248,13 @@ func (c *Client) statusErr(r *request, resp *http.Response, br *bodyReader) fail
 	se := &exporter.StatusError{
 		Status:      code,
 		Diagnostics: c.excerpt(br),
-		URL:         redactString(r.url),
+		URL:         c.redactString(r.url),
 	}
 	e := &exporter.Error{Kind: exporter.EUPSTREAM,
 		Message: fmt.Sprintf("the upstream answered %d to %s", code, r.what), Err: se}
 	if r.read && (code == http.StatusNotFound || code == http.StatusGone) {
 		e.Kind = exporter.ENOTFOUND
-		e.Message = fmt.Sprintf("the upstream has no %s (%d)", strings.TrimPrefix(r.what, "read "), code)
+		e.Message = fmt.Sprintf("the upstream has no such %s (%d)", strings.TrimPrefix(r.what, "read "), code)
 	}
 	retry := code == http.StatusRequestTimeout || code == http.StatusTooManyRequests ||
 		(code >= 500 && code != http.StatusNotImplemented)
@@ -373,38 +373,16 @@ func redactURL(u *url.URL) string {
 	return v.String()
 }
 
-// redactString renders a URL string for errors and logs: without user
-// info, and with the names of its query parameters but not their values
-// (search values are patient ids and other PHI), clipped.
-func redactString(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(invalid URL)"
-	}
-	v := *u
-	v.User, v.RawQuery, v.Fragment, v.RawFragment = nil, "", "", ""
-	out := v.String()
-	if q, err := url.ParseQuery(u.RawQuery); err == nil && len(q) > 0 {
-		names := make([]string, 0, len(q))
-		for k := range q {
-			names = append(names, k)
-		}
-		slices.Sort(names)
-		out += " (parameters " + strings.Join(names, ", ") + ")"
-	} else if u.RawQuery != "" {
-		out += " (with a query)"
-	}
-	return clip(out, 512)
+// redactString renders a URL for errors and logs (redact.URL): without
+// user info, ids in the path after the base replaced by "{id}", and with
+// the names of its query parameters but not their values (search values
+// are patient ids and other PHI), clipped.
+func (c *Client) redactString(s string) string {
+	return redact.URL(s, c.base.EscapedPath())
 }
 
 // redactErr drops the URL a *url.Error carries.
-func redactErr(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
-}
+func redactErr(err error) error { return redact.Err(err) }
 
 // sameOrigin reports whether a and b have the same scheme, host and port.
 func sameOrigin(a, b *url.URL) bool {

@@ -8,13 +8,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/bulkclient"
-	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/upstream"
 )
 
 // Exit statuses of the export command.
@@ -73,7 +72,7 @@ type exportFlags struct {
 	scope, keyID, alg                    string
 	parallel, retries                    int
 	maxWait                              time.Duration
-	cancelOnInterrupt                    bool
+	cancelOnInterrupt, force             bool
 	progress                             string
 	request                              bulkclient.Request
 	header                               http.Header
@@ -89,7 +88,8 @@ func parseExportFlags(args []string, stderr io.Writer) (*exportFlags, error) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&f.base, "base", "", "FHIR base URL of the Bulk Data server (required)")
-	fs.StringVar(&f.out, "out", "", "directory for the files and manifest.json (required)")
+	fs.StringVar(&f.out, "out", "", "directory for the files and manifest.json (required; empty or new, see --force)")
+	fs.BoolVar(&f.force, "force", false, "export into a non-empty --out: first remove the files an earlier export wrote there (*.ndjson, errors/, deleted/, manifest.json); other files stay")
 	fs.StringVar(&f.group, "group", "", "export the Group with this id ([base]/Group/ID/$export)")
 	fs.BoolVar(&f.patientsLevel, "patients", false, "export all patients ([base]/Patient/$export)")
 	fs.BoolVar(&f.system, "system", false, "system-level export ([base]/$export)")
@@ -108,10 +108,10 @@ func parseExportFlags(args []string, stderr io.Writer) (*exportFlags, error) {
 	fs.Var(&f.headers, "header", "extra request header 'Name: value', sent only to the origin of --base (repeatable)")
 	fs.StringVar(&f.token, "token", "", "static bearer token (sent only to the origin of --base)")
 	fs.StringVar(&f.clientID, "client-id", "", "SMART Backend Services client id (with --private-key)")
-	fs.StringVar(&f.keyFile, "private-key", "", "SMART Backend Services private key, PEM file (RSA, EC or Ed25519)")
+	fs.StringVar(&f.keyFile, "private-key", "", "SMART Backend Services private key (RSA, EC or Ed25519): a PEM file, a private JWK, or a JWK Set holding one private key")
 	fs.StringVar(&f.tokenURL, "token-url", "", "token endpoint (default: token_endpoint of [base]/.well-known/smart-configuration)")
 	fs.StringVar(&f.scope, "scope", "system/*.read", "scope requested with SMART Backend Services")
-	fs.StringVar(&f.keyID, "key-id", "", "kid of the client assertions (the key's id in the client's JWKS)")
+	fs.StringVar(&f.keyID, "key-id", "", "kid of the client assertions: the key's kid in the JWK Set the server registered (servers require one; default: the kid of a JWK --private-key, else the key's RFC 7638 JWK thumbprint)")
 	fs.StringVar(&f.alg, "alg", "", "JWS algorithm of the client assertions (default after the key: RS384, ES256/ES384/ES512, EdDSA)")
 	fs.IntVar(&f.parallel, "parallel", 4, "files downloaded at once")
 	fs.IntVar(&f.retries, "retries", 5, "retries of a file download and of failed status polls in a row")
@@ -243,7 +243,27 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return exportExitFailed
 	}
 
-	creds, err := exportCredentials(ctx, f)
+	// One folder, one export: check (or, with --force, clear) it before
+	// the kick-off, so that a refusal leaves no export behind.
+	state, err := bulkclient.ReadDirState(f.out)
+	if err != nil {
+		state = nil // unreadable: not ours to trust
+	}
+	if f.force {
+		n, err := bulkclient.ClearOutDir(f.out)
+		if err != nil {
+			return fail("--force: %v", err)
+		}
+		if n > 0 {
+			rep.Logf("--force: removed %d files of an earlier export from %s", n, f.out)
+		}
+	} else if err := bulkclient.CheckOutDir(f.out, f.status); err != nil {
+		rep.Finish()
+		fmt.Fprintf(stderr, "export: %v\n", err)
+		return exportExitUsage
+	}
+
+	creds, err := exportCredentials(ctx, f, rep)
 	if err != nil {
 		if ctx.Err() != nil {
 			rep.Finish()
@@ -252,6 +272,7 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		return fail("%v", err)
 	}
+	polls := &pollRecorder{Reporter: rep}
 	ex := &bulkclient.Exporter{
 		Base:        f.base,
 		Header:      f.header,
@@ -259,7 +280,7 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		MaxWait:     f.maxWait,
 		Parallel:    f.parallel,
 		Retries:     f.retries,
-		Progress:    rep,
+		Progress:    polls,
 	}
 
 	statusURL := f.status
@@ -278,6 +299,13 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 				fmt.Fprintf(stderr, "export: interrupted; the export was cancelled (DELETE %s)\n", statusURL)
 			}
 		default:
+			// The re-attached client waits what the server last asked
+			// (this client's last poll, or the one before it re-attached).
+			next := polls.nextPoll()
+			if next.IsZero() && state != nil && state.StatusURL == statusURL {
+				next = state.NextPoll
+			}
+			_ = bulkclient.WriteDirState(f.out, &bulkclient.DirState{StatusURL: statusURL, NextPoll: next})
 			fmt.Fprintf(stderr, "export: interrupted; the export goes on at the server. Re-attach with:\n"+
 				"  fhir-bulk-proxy export --base %s --status %s --out %s\n", f.base, statusURL, f.out)
 		}
@@ -289,6 +317,21 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			rep.Logf("--status given: the kick-off flags are ignored")
 		}
 		rep.Logf("re-attaching to %s", statusURL)
+		if state != nil && state.StatusURL == statusURL {
+			// An interrupted client was told when to poll next: a poll
+			// before then is throttled (429).
+			if wait := time.Until(state.NextPoll); wait > 0 {
+				wait = min(wait, maxFirstPollWait)
+				rep.Logf("waiting %s before the first status poll, as the server asked (Retry-After)", wait.Round(100*time.Millisecond))
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return interrupted()
+				case <-t.C:
+				}
+			}
+		}
 	} else {
 		method := "GET"
 		if f.request.UsesPost() {
@@ -302,6 +345,11 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			}
 			return fail("%v", err)
 		}
+	}
+	// The folder now belongs to this export (CheckOutDir lets a
+	// re-attached client in).
+	if err := bulkclient.WriteDirState(f.out, &bulkclient.DirState{StatusURL: statusURL}); err != nil {
+		return fail("--out: %v", err)
 	}
 
 	m, err := ex.Poll(ctx, statusURL)
@@ -352,39 +400,33 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	return exportExitOK
 }
 
-// exportCredentials builds the credentials the flags ask for (nil: none).
-func exportCredentials(ctx context.Context, f *exportFlags) (bulkclient.Credentials, error) {
-	switch {
-	case f.token != "":
-		return upstream.StaticBearer(f.token), nil
-	case f.clientID == "":
-		return nil, nil
+// maxFirstPollWait bounds the wait before a re-attached client's first
+// poll (a recorded time far ahead is no reason to sleep for days).
+const maxFirstPollWait = time.Hour
+
+// pollRecorder is the progress reporter, also noting when the server
+// allows the next status poll by its Retry-After (for the state file of
+// an interrupted export).
+type pollRecorder struct {
+	*bulkclient.Reporter
+	mu   sync.Mutex
+	next time.Time
+}
+
+func (p *pollRecorder) Polled(s bulkclient.PollStatus) {
+	p.mu.Lock()
+	p.next = time.Time{}
+	if s.FromServer {
+		p.next = time.Now().Add(s.Wait)
 	}
-	pemBytes, err := os.ReadFile(f.keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("--private-key: %w", err)
-	}
-	key, err := upstream.LoadPrivateKey(pemBytes)
-	if err != nil {
-		return nil, fmt.Errorf("--private-key %s: %w", f.keyFile, err)
-	}
-	tokenURL := f.tokenURL
-	if tokenURL == "" {
-		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		tokenURL, err = bulkclient.DiscoverTokenURL(dctx, &http.Client{Timeout: 30 * time.Second}, f.base)
-		if err != nil {
-			return nil, fmt.Errorf("%w (give --token-url)", err)
-		}
-	}
-	return upstream.NewBackendServices(upstream.BackendServicesOptions{
-		TokenURL: tokenURL,
-		ClientID: f.clientID,
-		Key:      key,
-		KeyID:    f.keyID,
-		Alg:      f.alg,
-		Scope:    f.scope,
-	})
+	p.mu.Unlock()
+	p.Reporter.Polled(s)
+}
+
+func (p *pollRecorder) nextPoll() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.next
 }
 
 // exportSummary prints what was exported: files, resources per type,

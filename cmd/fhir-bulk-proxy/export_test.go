@@ -40,7 +40,13 @@ type exportEnv struct {
 
 func newExportEnv(t *testing.T, patients int, mod func(*config.Config)) *exportEnv {
 	t.Helper()
-	sim := fhirtest.New(fhirtest.Options{Patients: patients, Seed: 5})
+	return newExportEnvSim(t, fhirtest.Options{Patients: patients, Seed: 5}, mod)
+}
+
+// newExportEnvSim is newExportEnv with the synthetic upstream's options.
+func newExportEnvSim(t *testing.T, simOpts fhirtest.Options, mod func(*config.Config)) *exportEnv {
+	t.Helper()
+	sim := fhirtest.New(simOpts)
 	simSrv := httptest.NewServer(sim.Handler())
 	t.Cleanup(simSrv.Close)
 	cfg := config.Default()

@@ -126,7 +126,7 @@ func compartmentTypes(sim *fhirtest.Server) []string {
 func runExport(ctx context.Context, o Options, rep *Report) error {
 	sim := fhirtest.New(fhirtest.Options{
 		Patients: o.Patients, Seed: 1, Latency: o.Latency, MaxConcurrent: o.UpstreamConcurrency,
-	})
+	}.WithRealManners())
 	srv, err := startServer(sim.Handler())
 	if err != nil {
 		return err
@@ -199,7 +199,7 @@ func runExport(ctx context.Context, o Options, rep *Report) error {
 // zeroLatencyExport runs the export workload's export against an upstream
 // without latency and returns its wall time.
 func zeroLatencyExport(ctx context.Context, o Options) (time.Duration, error) {
-	sim := fhirtest.New(fhirtest.Options{Patients: o.Patients, Seed: 1, MaxConcurrent: o.UpstreamConcurrency})
+	sim := fhirtest.New(fhirtest.Options{Patients: o.Patients, Seed: 1, MaxConcurrent: o.UpstreamConcurrency}.WithRealManners())
 	srv, err := startServer(sim.Handler())
 	if err != nil {
 		return 0, err

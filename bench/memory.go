@@ -70,7 +70,7 @@ func runMemory(ctx context.Context, o Options, rep *Report) error {
 // memoryRun exports every patient of a fresh synthetic upstream through
 // the proxy binary running as a child process and reads its VmHWM.
 func memoryRun(ctx context.Context, o Options, bin string, patients int) (memResult, error) {
-	sim := fhirtest.New(fhirtest.Options{Patients: patients, Seed: 1})
+	sim := fhirtest.New(fhirtest.Options{Patients: patients, Seed: 1}.WithRealManners())
 	defer runtime.GC()
 	srv, err := startServer(sim.Handler())
 	if err != nil {

@@ -175,7 +175,15 @@ func Classify(body []byte) Kind {
 		return NotHeld
 	}
 	var g groupDoc
-	if json.Unmarshal(body, &g) != nil || g.ResourceType != "Group" {
+	if err := json.Unmarshal(body, &g); err != nil {
+		// A broken body that names the profile or the extension was meant
+		// as a cohort: Parse tells the client what is wrong with it.
+		if bytes.Contains(body, []byte(MemberFilterURL)) || bytes.Contains(body, []byte(Profile)) {
+			return CohortGroup
+		}
+		return NotHeld
+	}
+	if g.ResourceType != "Group" {
 		return NotHeld
 	}
 	if g.Meta != nil {

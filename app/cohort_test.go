@@ -539,7 +539,10 @@ func TestCohortEvaluationCost(t *testing.T) {
 	}
 	e := newEnv(t, fhirtest.Options{Patients: 1000}, func(c *config.Config) { c.Export.PageSize = 1000 })
 	filters := []string{"Patient?gender=female&birthdate=ge1960-01-01", "Condition?code=" + snomedDiabetes}
+	e.sim.ResetRequestCounts()
 	id := e.createCohort(fhirJSON, cohortBody("cost", nil, filters...))
+	rc := e.sim.RequestCounts()
+	t.Logf("cohort create (checks): upstream requests: %d (metadata %d, probe searches %d)", rc.Total, rc.Metadata, rc.Searches)
 	want := intersect(femaleBornSince(simPatients(t, e.sim), "1960-01-01"), simWithCondition(t, e.sim, snomedDiabetes))
 	up, err := e.app.upstreamFor(nil)
 	if err != nil {
@@ -556,10 +559,40 @@ func TestCohortEvaluationCost(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("members %v, want %v", got, want)
 	}
-	rc := e.sim.RequestCounts()
+	rc = e.sim.RequestCounts()
 	t.Logf("cohort evaluation, 1000 patients, filters %q: %d members; upstream requests: %d (searches %d, page fetches %d, reads %d, metadata %d)",
 		filters, len(got), rc.Total, rc.Searches, rc.PageFetches, rc.Reads, rc.Metadata)
 	if rc.Total > 20 {
 		t.Errorf("%d upstream requests for one evaluation", rc.Total)
 	}
+	// With pages of 100 (an upstream that caps _count lower).
+	co, err := e.app.cohorts.Get(context.Background(), id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.sim.ResetRequestCounts()
+	got, err = cohort.Evaluator{PageSize: 100}.Members(context.Background(), up, co)
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("members with pages of 100: %v (%d, want %d)", err, len(got), len(want))
+	}
+	rc = e.sim.RequestCounts()
+	t.Logf("same with _count=100: upstream requests: %d (searches %d, page fetches %d)", rc.Total, rc.Searches, rc.PageFetches)
+}
+
+func TestCohortSurvivesRestart(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{}, nil)
+	id := e.createCohort(fhirJSON, cohortBody("kept", []string{"Group/small"}, "Patient?gender=female,male,other"))
+	e.stop()
+	e.start()
+	resp, b := e.do("GET", "/Group/"+id, fhirJSON, "")
+	if resp.StatusCode != 200 {
+		t.Fatalf("read after restart: %d %s", resp.StatusCode, b)
+	}
+	types := []string{"Patient", "Encounter"}
+	m, _ := e.export(id, url.Values{"_type": {strings.Join(types, ",")}})
+	want := e.sim.Members("small")
+	if n := cohortMembers(t, m); n != len(want) {
+		t.Errorf("%d members, want %d", n, len(want))
+	}
+	e.verify(m, fhirtest.Query{Patients: want, Types: types})
 }

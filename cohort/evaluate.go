@@ -246,7 +246,7 @@ func boolInt(b bool) int {
 func (e Evaluator) match(ctx context.Context, up exporter.Upstream, caps *exporter.Capabilities, f Filter, within map[string]bool) (map[string]bool, error) {
 	params, err := url.ParseQuery(f.Query)
 	if err != nil {
-		return nil, invalid("member-filter %q has a malformed query", f.Expression())
+		return nil, invalid("a member-filter on %s has a malformed query", f.Type)
 	}
 	size := e.PageSize
 	if size <= 0 {

@@ -147,7 +147,7 @@ func (s *Service) Create(ctx context.Context, body []byte, k Kind, caller Caller
 		if err := s.opts.Store.PutCohort(ctx, c); err != nil {
 			return nil, err
 		}
-		s.background(c)
+		s.background(c.Clone())
 		return c, nil
 	}
 	if err := s.check(ctx, c); err != nil {
@@ -189,7 +189,9 @@ func (s *Service) background(c *Cohort) {
 				status, msg = statusOf(e.Kind), exporter.ErrorMessage(err)
 			}
 			c.State, c.Status, c.Outcome = StateRejected, status, msg
-			s.log.Warn().Err(err).Str("cohort_id", c.ID).Msg("asynchronous cohort create rejected")
+			// The message may quote the filters (PHI): kind and status only.
+			s.log.Warn().Str("cohort_id", c.ID).Str("kind", exporter.ErrorKind(err)).Int("status", status).
+				Msg("asynchronous cohort create rejected")
 		} else {
 			c.State = StateActive
 			s.log.Info().Str("cohort_id", c.ID).Int("filters", len(c.Filters)).Int("members", len(c.Members)).Msg("cohort Group created (asynchronous)")

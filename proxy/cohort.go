@@ -14,6 +14,7 @@ import (
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/cohort"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 	"github.com/gin-gonic/gin"
+	"github.com/rs/zerolog"
 	"github.com/samply/golang-fhir-models/fhir-models/fhir"
 )
 
@@ -205,7 +206,7 @@ func (h *handlers) createGroup(c *gin.Context, vars map[string]string) {
 	async := parsePrefer(r.Header).respondAsync
 	co, err := h.cohorts.Create(r.Context(), body, kind, cohort.Caller{ClientID: clientID, PathVars: vars}, async)
 	if err != nil {
-		h.logError(c, err, "cohort create")
+		h.logCohortError(c, err, "cohort create")
 		WriteError(c.Writer, err)
 		return
 	}
@@ -262,8 +263,20 @@ func (h *handlers) writeCohortError(c *gin.Context, err error, what string) {
 		WriteOutcome(c.Writer, http.StatusNotFound, fhir.IssueTypeNotFound, "Group not found")
 		return
 	}
-	h.logError(c, err, what)
+	h.logCohortError(c, err, what)
 	WriteError(c.Writer, err)
+}
+
+// logCohortError logs a failed cohort request. Refusals of the client's
+// input are not logged with their message, which may quote the
+// member-filter expressions (query values are PHI): only their kind.
+func (h *handlers) logCohortError(c *gin.Context, err error, what string) {
+	switch exporter.ErrorKind(err) {
+	case exporter.EINVALID, exporter.EUNPROCESSABLE, exporter.ENOTFOUND, exporter.EFORBIDDEN:
+		zerolog.Ctx(c.Request.Context()).Info().Str("kind", exporter.ErrorKind(err)).Msg(what + " refused")
+	default:
+		h.logError(c, err, what)
+	}
 }
 
 // deleteCohort answers DELETE [base]/Group/{id}.

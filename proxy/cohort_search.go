@@ -120,7 +120,7 @@ func (h *handlers) searchGroups(c *gin.Context, vars map[string]string) {
 	if ok {
 		all, err := h.cohorts.List(r.Context(), clientID)
 		if err != nil {
-			h.logError(c, err, "cohort search")
+			h.logCohortError(c, err, "cohort search")
 			WriteError(c.Writer, err)
 			return
 		}

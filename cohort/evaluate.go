@@ -156,8 +156,8 @@ const maxDepth = 4
 // none) restricted to the patients every filter matches (a Patient filter
 // matches the patient, a compartment type's filter the patients its
 // matching resources belong to). Filters fetch ids only: _elements with
-// the referencing elements where the upstream declares _elements, else
-// _summary=true for Patient searches. The result is sorted (base order
+// the referencing elements (or _summary=true for Patient searches where the
+// upstream refuses _elements). The result is sorted (base order
 // when there is a base).
 func (e Evaluator) Members(ctx context.Context, up exporter.Upstream, c *Cohort) ([]string, error) {
 	return e.members(ctx, up, c, 0)
@@ -197,10 +197,6 @@ func (e Evaluator) members(ctx context.Context, up exporter.Upstream, c *Cohort,
 	slices.SortStableFunc(filters, func(a, b Filter) int {
 		return boolInt(a.Type != "Patient") - boolInt(b.Type != "Patient")
 	})
-	var caps *exporter.Capabilities
-	if cp, err := up.Capabilities(ctx); err == nil {
-		caps = cp
-	}
 	var in map[string]bool // the patients every filter so far matched; nil: all
 	if base != nil {
 		in = make(map[string]bool, len(base))
@@ -209,7 +205,7 @@ func (e Evaluator) members(ctx context.Context, up exporter.Upstream, c *Cohort,
 		}
 	}
 	for _, f := range filters {
-		matched, err := e.match(ctx, up, caps, f, in)
+		matched, err := e.match(ctx, up, f, in)
 		if err != nil {
 			return nil, err
 		}
@@ -243,7 +239,7 @@ func boolInt(b bool) int {
 
 // match runs one filter and returns the patients it matches, restricted to
 // within (nil: no restriction).
-func (e Evaluator) match(ctx context.Context, up exporter.Upstream, caps *exporter.Capabilities, f Filter, within map[string]bool) (map[string]bool, error) {
+func (e Evaluator) match(ctx context.Context, up exporter.Upstream, f Filter, within map[string]bool) (map[string]bool, error) {
 	params, err := url.ParseQuery(f.Query)
 	if err != nil {
 		return nil, invalid("a member-filter on %s has a malformed query", f.Type)
@@ -253,20 +249,34 @@ func (e Evaluator) match(ctx context.Context, up exporter.Upstream, caps *export
 		size = 1000
 	}
 	params.Set("_count", strconv.Itoa(size))
+	// Ids only: _elements (servers that do not know it return whole
+	// resources, which is merely larger); an upstream that refuses it
+	// (400) is asked again without it.
 	elems := elementsOf(f.Type)
-	switch {
-	case caps.SearchParam("_elements"):
-		params.Set("_elements", strings.Join(elems, ","))
-	case f.Type == "Patient":
-		params.Set("_summary", "true")
+	params.Set("_elements", strings.Join(elems, ","))
+	out, err := e.search(ctx, up, f, params, elems, within)
+	if st := exporter.UpstreamStatus(err); st == http.StatusBadRequest || st == http.StatusUnprocessableEntity {
+		params.Del("_elements")
+		if f.Type == "Patient" {
+			params.Set("_summary", "true")
+		}
+		out, err = e.search(ctx, up, f, params, elems, within)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("member-filter %s search: %w", f.Type, err)
+	}
+	return out, nil
+}
+
+// search runs one filter search and collects the patients of its matches.
+func (e Evaluator) search(ctx context.Context, up exporter.Upstream, f Filter, params url.Values, elems []string, within map[string]bool) (map[string]bool, error) {
 	out := map[string]bool{}
 	keep := func(id string) {
 		if exporter.ValidID(id) && (within == nil || within[id]) {
 			out[id] = true
 		}
 	}
-	err = up.Search(ctx, f.Type, params, func(p *exporter.Page) error {
+	err := up.Search(ctx, f.Type, params, func(p *exporter.Page) error {
 		for _, en := range p.Entries {
 			if en.ResourceType != f.Type || (en.Mode != "match" && en.Mode != "") {
 				continue
@@ -281,10 +291,7 @@ func (e Evaluator) match(ctx context.Context, up exporter.Upstream, caps *export
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("member-filter %s search: %w", f.Type, err)
-	}
-	return out, nil
+	return out, err
 }
 
 // patientRefs returns the ids of the Patients that the given top-level

@@ -596,3 +596,26 @@ func TestCohortSurvivesRestart(t *testing.T) {
 	}
 	e.verify(m, fhirtest.Query{Patients: want, Types: types})
 }
+
+func TestCohortOfCohorts(t *testing.T) {
+	e := newEnv(t, fhirtest.Options{Patients: 60}, nil)
+	women := e.createCohort(fhirJSON, cohortBody("women", nil, "Patient?gender=female"))
+	want := intersect(femaleBornSince(simPatients(t, e.sim), ""), simWithCondition(t, e.sim, snomedDiabetes))
+	id := e.createCohort(fhirJSON, cohortBody("women with diabetes", []string{"Group/" + women}, "Condition?code="+snomedDiabetes))
+	types := []string{"Patient"}
+	m, _ := e.export(id, url.Values{"_type": {"Patient"}})
+	if n := cohortMembers(t, m); n != len(want) {
+		t.Errorf("%d members, want %d", n, len(want))
+	}
+	e.verify(m, fhirtest.Query{Patients: want, Types: types})
+
+	// A member cohort deleted since: the kick-off is a 422 naming it.
+	resp, _ := e.do("DELETE", "/Group/"+women, nil, "")
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("delete: %d", resp.StatusCode)
+	}
+	resp, b := e.do("GET", "/Group/"+id+"/$export", withHeader(fhirJSON, "Prefer", "respond-async"), "")
+	if resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(string(b), women) {
+		t.Fatalf("kick-off with a deleted member cohort: %d %s", resp.StatusCode, b)
+	}
+}

@@ -366,6 +366,9 @@ func (e Evaluator) group(ctx context.Context, up exporter.Upstream, id string, d
 	}
 	if IsID(id) && e.Held != nil {
 		ids, held, err := e.Held(ctx, id, depth+1)
+		if exporter.ErrorKind(err) == exporter.ENOTFOUND {
+			return nil, &exporter.Error{Kind: exporter.EUNPROCESSABLE, Err: err, Message: "member Group/" + id + " was not found"}
+		}
 		if err != nil || held {
 			return ids, err
 		}

@@ -619,3 +619,43 @@ func TestCohortOfCohorts(t *testing.T) {
 		t.Fatalf("kick-off with a deleted member cohort: %d %s", resp.StatusCode, b)
 	}
 }
+
+// TestCohortFiltersAreNeverLogged runs creates (sync, async, refused) and an
+// export at debug level and checks that no filter value reaches the log.
+func TestCohortFiltersAreNeverLogged(t *testing.T) {
+	logs := &syncBuffer{}
+	log := zerolog.New(logs).Level(zerolog.DebugLevel)
+	e := newEnvLog(t, fhirtest.Options{}, nil, log)
+	id := e.createCohort(fhirJSON, cohortBody("secret", nil, "Patient?birthdate=ge1961-02-03", "Condition?code="+snomedDiabetes))
+	m, _ := e.export(id, url.Values{"_type": {"Patient"}})
+	_ = m
+	for _, body := range []string{
+		cohortBody("x", nil, "Patient?shoe-size=SECRET42"),
+		cohortBody("x", nil, "Patient?birthdate=SECRET43"),
+	} {
+		for _, h := range []http.Header{fhirJSON, withHeader(fhirJSON, "Prefer", "respond-async")} {
+			resp, _ := e.do("POST", "/Group", h, body)
+			if resp.StatusCode/100 == 2 {
+				if loc := resp.Header.Get("Content-Location"); loc != "" {
+					deadline := time.Now().Add(10 * time.Second)
+					for time.Now().Before(deadline) {
+						r, _ := e.do("GET", loc, fhirJSON, "")
+						if r.StatusCode != http.StatusAccepted {
+							break
+						}
+						time.Sleep(50 * time.Millisecond)
+					}
+				}
+			}
+		}
+	}
+	out := logs.String()
+	if !strings.Contains(out, "cohort members computed") {
+		t.Fatalf("the log has no cohort lines; is it captured? %s", out)
+	}
+	for _, secret := range []string{"1961-02-03", "44054006", "SECRET42", "SECRET43", "shoe-size"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("the log holds %q", secret)
+		}
+	}
+}

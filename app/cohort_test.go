@@ -399,8 +399,31 @@ func TestCohortScopesAndOwners(t *testing.T) {
 	if resp.StatusCode != 202 {
 		t.Fatalf("alice export: %d %s", resp.StatusCode, b)
 	}
-	// The reader (no Group.rs... it has system/*.read, which covers Group
-	// reads) may read but not delete.
+	// An asynchronous create's status URL answers its creator only.
+	resp, b = e.do("POST", "/Group", withHeader(ah, "Prefer", "respond-async"), body)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("alice async create: %d %s", resp.StatusCode, b)
+	}
+	status := resp.Header.Get("Content-Location")
+	if resp, b = e.do("GET", status, bh, ""); resp.StatusCode != 404 {
+		t.Errorf("bob polls alice's create: %d %s", resp.StatusCode, b)
+	}
+	if resp, b = e.do("GET", status, fhirJSON, ""); resp.StatusCode != 401 {
+		t.Errorf("polling without a token: %d %s", resp.StatusCode, b)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, b = e.do("GET", status, ah, "")
+		if resp.StatusCode != http.StatusAccepted || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if resp.StatusCode != 200 || !strings.Contains(string(b), "201 Created") {
+		t.Errorf("alice polls her create: %d %s", resp.StatusCode, b)
+	}
+	// The reader has system/*.read, which covers Group reads, but not
+	// deletes.
 	rh := fhirJSON.Clone()
 	for k, v := range bearer(rt) {
 		rh[k] = v

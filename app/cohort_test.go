@@ -600,6 +600,20 @@ func TestCohortEvaluationCost(t *testing.T) {
 	}
 	rc = e.sim.RequestCounts()
 	t.Logf("same with _count=100: upstream requests: %d (searches %d, page fetches %d)", rc.Total, rc.Searches, rc.PageFetches)
+
+	// Restricted by an upstream Group of a few hundred patients: the Patient filter
+	// runs unrestricted, the Condition filter names the few candidates left.
+	restricted := &cohort.Cohort{Filters: co.Filters, Members: []string{"Group/quarter"}}
+	wantQ := intersect(setOf(want), setOf(e.sim.Members("quarter")))
+	e.sim.ResetRequestCounts()
+	got, err = cohort.Evaluator{PageSize: 1000}.Members(context.Background(), up, restricted)
+	slices.Sort(got)
+	if err != nil || !slices.Equal(got, wantQ) {
+		t.Fatalf("members restricted by Group/quarter: %v (%d, want %d)", err, len(got), len(wantQ))
+	}
+	rc = e.sim.RequestCounts()
+	t.Logf("same restricted by Group/quarter (%d patients): %d members; upstream requests: %d (reads %d, searches %d, page fetches %d)",
+		len(e.sim.Members("quarter")), len(got), rc.Total, rc.Reads, rc.Searches, rc.PageFetches)
 }
 
 func TestCohortSurvivesRestart(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
@@ -13,8 +14,8 @@ import (
 // fakeUp is an upstream with a few Patients and Conditions; strict
 // refuses _elements with a 400, as some servers do.
 type fakeUp struct {
-	strict   bool
-	searches []url.Values
+	strict, noLists bool
+	searches        []url.Values
 }
 
 func (f *fakeUp) BaseURL() string { return "http://up/fhir" }
@@ -26,7 +27,7 @@ func (f *fakeUp) Read(ctx context.Context, t, id string) ([]byte, error) {
 }
 func (f *fakeUp) Search(ctx context.Context, t string, p url.Values, fn func(*exporter.Page) error) error {
 	f.searches = append(f.searches, p)
-	if f.strict && p.Has("_elements") {
+	if f.strict && p.Has("_elements") || f.noLists && strings.Contains(p.Get("patient")+p.Get("_id"), ",") {
 		return &exporter.StatusError{Status: 400}
 	}
 	var page exporter.Page
@@ -70,14 +71,25 @@ func TestEvaluatorMembers(t *testing.T) {
 		} else if first.Get("_elements") != "id" || first.Get("_count") != "10" || len(up.searches) != 2 {
 			t.Errorf("searches %v", up.searches)
 		}
-		// Restricted by a Group (active members 1 and 3) and a Patient.
+		// Restricted by a Group (active members 1 and 3) and a Patient:
+		// the search names them.
+		up.searches = nil
 		got, err = Evaluator{}.Members(context.Background(), up, &Cohort{Filters: both[1:], Members: []string{"Group/g", "Patient/2"}})
 		if err != nil || !slices.Equal(got, []string{"3", "2"}) {
 			t.Fatalf("restricted: %v %v", got, err)
 		}
+		if p := up.searches[0].Get("patient"); p != "1,2,3" {
+			t.Errorf("restricted search names patient=%q", p)
+		}
+	}
+	// An upstream without comma lists gets the unrestricted search.
+	up := &fakeUp{noLists: true}
+	got, err := Evaluator{}.Members(context.Background(), up, &Cohort{Filters: []Filter{{Type: "Condition", Query: "code=x"}}, Members: []string{"Group/g", "Patient/2"}})
+	if err != nil || !slices.Equal(got, []string{"3", "2"}) || up.searches[len(up.searches)-1].Has("patient") {
+		t.Fatalf("no comma lists: %v %v %v", got, err, up.searches)
 	}
 	// Members only (a held member list).
-	got, err := Evaluator{}.Members(context.Background(), &fakeUp{}, &Cohort{Members: []string{"Patient/9", "Group/g", "Patient/1"}})
+	got, err = Evaluator{}.Members(context.Background(), &fakeUp{}, &Cohort{Members: []string{"Patient/9", "Group/g", "Patient/1"}})
 	if err != nil || !slices.Equal(got, []string{"9", "1", "3"}) {
 		t.Fatalf("member list: %v %v", got, err)
 	}

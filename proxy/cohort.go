@@ -332,9 +332,13 @@ func (h *handlers) cohortStatus(c *gin.Context) {
 			"lastModified": co.Created.UTC().Format(time.RFC3339),
 		}
 	default:
+		code := issueTypeForStatus(co.Status)
+		if co.Status == http.StatusBadRequest || co.Status == http.StatusUnprocessableEntity {
+			code = fhir.IssueTypeInvalid
+		}
 		entry["response"] = map[string]any{
 			"status":  strconv.Itoa(co.Status) + " " + http.StatusText(co.Status),
-			"outcome": Outcome(fhir.IssueSeverityError, issueTypeForStatus(co.Status), co.Outcome),
+			"outcome": Outcome(fhir.IssueSeverityError, code, co.Outcome),
 		}
 	}
 	bundle := map[string]any{

@@ -23,6 +23,7 @@ import (
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/auth"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/blobs"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/cohort"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/config"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/metrics"
@@ -39,6 +40,7 @@ type App struct {
 	log     zerolog.Logger
 	store   *store.Store
 	service *exporter.Service
+	cohorts *cohort.Service // nil: cohorts.enabled off
 	server  *http.Server
 	ln      net.Listener
 
@@ -124,7 +126,11 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 	if err != nil {
 		return fail(fmt.Errorf("export.default_types: %w", err))
 	}
+	if err := a.newCohorts(); err != nil {
+		return fail(err)
+	}
 	a.service, err = exporter.New(exporter.Options{
+		Groups:          a.groups(),
 		Store:           st,
 		Blobs:           bl,
 		UpstreamFor:     a.upstreamFor,
@@ -171,6 +177,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		ResponseHeaderTimeout: cfg.UpstreamHTTP.ResponseHeaderTimeout,
 		DialTimeout:           cfg.UpstreamHTTP.DialTimeout,
 		Logger:                log,
+		SupportedProfiles:     a.cohortProfiles(),
 	})
 	if err != nil {
 		return fail(err)
@@ -193,6 +200,8 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		Logger:              log,
 		Metrics:             a.metrics,
 		Routes:              routes,
+		Cohorts:             a.cohorts,
+		HoldMemberLists:     cfg.Cohorts.HoldMemberLists,
 	})
 	a.server = &http.Server{
 		Handler:           handler,
@@ -295,6 +304,7 @@ func (a *App) Start(ctx context.Context) error {
 		}
 		return err
 	}
+	a.startCohorts(ctx)
 	if a.adminLn != nil {
 		a.adminErr = make(chan error, 1)
 		go func() {
@@ -432,6 +442,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 		if err := a.admin.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("admin http shutdown: %w", err))
 		}
+	}
+	if err := a.stopCohorts(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	if err := a.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))

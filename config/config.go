@@ -44,6 +44,8 @@ type Config struct {
 	Limits LimitsConfig `yaml:"limits"`
 	// Admin configures the operator surface: /metrics, /admin and health.
 	Admin AdminConfig `yaml:"admin"`
+	// Cohorts configures the Bulk Cohort API (Groups the proxy holds).
+	Cohorts CohortsConfig `yaml:"cohorts"`
 }
 
 // AdminConfig configures /metrics, the operator page and admin API under

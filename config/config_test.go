@@ -43,7 +43,8 @@ func TestDefault(t *testing.T) {
 		UpstreamAuth: UpstreamAuthConfig{Mode: "none"},
 		Limits: LimitsConfig{MaxBodyBytes: 1 << 20, MaxHeaderBytes: 64 << 10,
 			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second},
-		Admin: AdminConfig{MetricsToken: true, ReadyTimeout: 2 * time.Second},
+		Admin:   AdminConfig{MetricsToken: true, ReadyTimeout: 2 * time.Second},
+		Cohorts: CohortsConfig{Enabled: true},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Default() = %+v, want %+v", c, want)
@@ -94,6 +95,9 @@ func TestOptionNames(t *testing.T) {
 		"admin.token":                           {"FBP_ADMIN_TOKEN", "admin-token"},
 		"admin.metrics_token":                   {"FBP_ADMIN_METRICS_TOKEN", "admin-metrics-token"},
 		"admin.ready_timeout":                   {"FBP_ADMIN_READY_TIMEOUT", "admin-ready-timeout"},
+		"cohorts.enabled":                       {"FBP_COHORTS_ENABLED", "cohorts-enabled"},
+		"cohorts.shared":                        {"FBP_COHORTS_SHARED", "cohorts-shared"},
+		"cohorts.hold_member_lists":             {"FBP_COHORTS_HOLD_MEMBER_LISTS", "cohorts-hold-member-lists"},
 		"auth.audience":                         {"FBP_AUTH_AUDIENCE", "auth-audience"},
 		"auth.jwks_url":                         {"FBP_AUTH_JWKS_URL", "auth-jwks-url"},
 		"auth.introspection_url":                {"FBP_AUTH_INTROSPECTION_URL", "auth-introspection-url"},

@@ -60,7 +60,8 @@ func Default() Config {
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       120 * time.Second,
 		},
-		Admin: AdminConfig{MetricsToken: true, ReadyTimeout: 2 * time.Second},
+		Admin:   AdminConfig{MetricsToken: true, ReadyTimeout: 2 * time.Second},
+		Cohorts: CohortsConfig{Enabled: true},
 	}
 }
 

@@ -70,6 +70,11 @@ type Request struct {
 	// Patients, when set (the patient parameter), limits a Group or Patient
 	// export to these patients' compartments.
 	Patients []string `json:"patients,omitempty"`
+	// Cohort is set when the Group is one the proxy holds (a Bulk Cohort
+	// Group): Members are then its member patients, computed at kick-off,
+	// and the job exports them (Group.member is not read again).
+	Cohort  bool     `json:"cohort,omitempty"`
+	Members []string `json:"members,omitempty"`
 	// TypeFilters maps a type to its _typeFilter queries (already
 	// validated, URL-encoded, without "Type?"). Several queries of one type
 	// are OR'ed.
@@ -205,6 +210,7 @@ func (j *Job) Clone() *Job {
 	c.Request.Types = append([]string(nil), j.Request.Types...)
 	c.Request.Ignored = append([]string(nil), j.Request.Ignored...)
 	c.Request.Patients = append([]string(nil), j.Request.Patients...)
+	c.Request.Members = append([]string(nil), j.Request.Members...)
 	c.Request.Elements = append([]string(nil), j.Request.Elements...)
 	if j.Request.Until != nil {
 		t := *j.Request.Until

@@ -127,5 +127,11 @@ func BuildManifest(j *Job, requiresAccessToken bool) Manifest {
 	if len(j.Notes) > 0 {
 		m.Extension = map[string]any{NotesExtension: j.Notes}
 	}
+	if j.Request.Cohort {
+		if m.Extension == nil {
+			m.Extension = map[string]any{}
+		}
+		m.Extension[CohortMembersExtension] = len(j.Request.Members)
+	}
 	return m
 }

@@ -52,9 +52,13 @@ func (r *jobRun) plan(ctx context.Context) error {
 	var err error
 	switch req.Level {
 	case LevelGroup:
-		r.setPhase("planning: reading Group " + req.GroupID)
-		if members, err = readGroup(ctx, r.up, req.GroupID); err != nil {
-			return err
+		if req.Cohort {
+			members = req.Members // computed at kick-off
+		} else {
+			r.setPhase("planning: reading Group " + req.GroupID)
+			if members, err = readGroup(ctx, r.up, req.GroupID); err != nil {
+				return err
+			}
 		}
 		if len(req.Patients) > 0 {
 			members = req.Patients // checked to be members at kick-off

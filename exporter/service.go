@@ -21,6 +21,9 @@ type Options struct {
 	Logger      zerolog.Logger
 	// Metrics receives the jobs' instruments (nil: none).
 	Metrics *metrics.Metrics
+	// Groups resolves the Groups the proxy holds itself (nil: every Group
+	// is read from the upstream).
+	Groups Groups
 
 	// BatchSize is the most patients one search asks for (default 1000);
 	// exports of many patients size their batches by density below it.

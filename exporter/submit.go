@@ -96,7 +96,7 @@ func (s *Service) checkPatients(ctx context.Context, up Upstream, req *Request) 
 	switch req.Level {
 	case LevelGroup:
 		var err error
-		if members, err = readGroup(ctx, up, req.GroupID); err != nil {
+		if members, err = s.groupMembers(ctx, up, req); err != nil {
 			return nil, err
 		}
 		count = len(members)

@@ -236,6 +236,7 @@ func (p *PassThrough) ServeMetadata(w http.ResponseWriter, r *http.Request) {
 	}
 	rt.rewriter.Value(cs)
 	AugmentCapabilities(cs, p.ops)
+	AddSupportedProfiles(cs, p.profiles)
 	writeJSON(w, r, http.StatusOK, cs)
 }
 

@@ -118,6 +118,9 @@ func (p *PassThrough) serveMetadataXML(w http.ResponseWriter, r *http.Request, r
 	}
 	doc = rt.rewriter.replaceAllAs(doc, kindFHIRXML)
 	out, err := AugmentCapabilitiesXML(doc, p.ops)
+	if err == nil {
+		out, err = AddSupportedProfilesXML(out, p.profiles)
+	}
 	if err != nil {
 		p.metadataFailed(w, r, rt, err, true)
 		return

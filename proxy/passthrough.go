@@ -56,6 +56,10 @@ type PassThroughOptions struct {
 	Operations []BulkOperation
 	// Logger receives upstream errors; internals never reach clients.
 	Logger zerolog.Logger
+	// SupportedProfiles are profiles ServeMetadata declares as
+	// supportedProfile of a resource type (JSON statements), such as the
+	// Bulk Cohort profile of Group.
+	SupportedProfiles map[string][]string
 }
 
 // PassThrough is the handler for every FHIR request that is not a bulk data
@@ -67,6 +71,7 @@ type PassThrough struct {
 	publicBase      func(r *http.Request, vars map[string]string) string
 	transport       http.RoundTripper
 	ops             []BulkOperation
+	profiles        map[string][]string
 	metadataTimeout time.Duration
 	log             zerolog.Logger
 	rp              *httputil.ReverseProxy
@@ -99,6 +104,7 @@ func NewPassThrough(o PassThroughOptions) (*PassThrough, error) {
 		publicBase:      o.PublicBase,
 		transport:       o.Transport,
 		ops:             o.Operations,
+		profiles:        o.SupportedProfiles,
 		metadataTimeout: 2 * rht,
 		log:             o.Logger,
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/auth"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/cohort"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/metrics"
 	"github.com/gin-gonic/gin"
@@ -53,6 +54,13 @@ type Options struct {
 	// Routes are extra routes outside the FHIR base, answered by the proxy
 	// and never passed through: health, /metrics, /admin.
 	Routes []Route
+	// Cohorts holds the Bulk Cohort Groups (POST [base]/Group with a
+	// member-filter, GET/DELETE Group/{cohort id}, Group searches); nil:
+	// every Group request passes through.
+	Cohorts *cohort.Service
+	// HoldMemberLists holds plain member-list Groups that the upstream
+	// refuses to create (405, 501, 403) as cohorts without filters.
+	HoldMemberLists bool
 }
 
 // Route is an extra route of the handler. A Pattern ending in "/*" also
@@ -78,6 +86,9 @@ type handlers struct {
 	metrics             *metrics.Metrics
 	quiet               map[string]bool // route patterns logged at debug level
 	ids                 *RequestIDs
+	cohorts             *cohort.Service // nil: no cohort routes
+	holdMemberLists     bool
+	pt                  http.Handler
 }
 
 // NewHandler returns the proxy's HTTP handler: bulk routes under the mount,
@@ -88,6 +99,7 @@ func NewHandler(o Options) http.Handler {
 		retryAfterMax: o.RetryAfterMax, requiresAccessToken: o.RequiresAccessToken || o.Auth != nil,
 		sec: newSecurity(o.Auth), maxBody: o.MaxBodyBytes, maxHeader: o.MaxHeaderBytes, log: o.Logger,
 		metrics: o.Metrics, quiet: map[string]bool{}, ids: NewRequestIDs(),
+		cohorts: o.Cohorts, holdMemberLists: o.HoldMemberLists, pt: o.PassThrough,
 	}
 	if h.maxBody <= 0 {
 		h.maxBody = DefaultMaxBodyBytes
@@ -148,6 +160,9 @@ func NewHandler(o Options) http.Handler {
 		}
 	}
 	e.GET(base+"/OperationDefinition/:id", h.serveOperationDefinition(o.PassThrough))
+	if h.cohorts != nil {
+		e.GET(base+CohortStatusPath+"/:id", guarded(h.cohortStatus)...)
+	}
 	for _, rt := range o.Routes {
 		pattern := rt.Pattern
 		if prefix, ok := strings.CutSuffix(pattern, "/*"); ok {
@@ -159,7 +174,7 @@ func NewHandler(o Options) http.Handler {
 			h.quiet[pattern] = true
 		}
 	}
-	e.NoRoute(h.bulkNoRoute, gin.WrapH(o.PassThrough))
+	e.NoRoute(h.bulkNoRoute, h.cohortRoute, gin.WrapH(o.PassThrough))
 	return e
 }
 

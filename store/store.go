@@ -97,7 +97,7 @@ func Open(path string, opts Options) (s *Store, err error) {
 		return nil, openError(path, timeout, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketJobs, bucketFiles, bucketUnits} {
+		for _, name := range [][]byte{bucketJobs, bucketFiles, bucketUnits, bucketCohorts} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %q: %w", name, err)
 			}

@@ -27,7 +27,7 @@ const (
 // exportMaxProblems is how many validation problems are listed.
 const exportMaxProblems = 20
 
-const exportUsageText = `Usage: fhir-bulk-proxy export --base URL (--group ID | --patients | --system | --status URL) --out DIR [flags]
+const exportUsageText = `Usage: fhir-bulk-proxy export --base URL (--group ID | --cohort FILE | --patients | --system | --status URL) --out DIR [flags]
 
 Runs a FHIR Bulk Data export against any Bulk Data server (this proxy or
 another): kick-off, polling, parallel downloads with resume, validation of
@@ -77,6 +77,8 @@ type exportFlags struct {
 	request                              bulkclient.Request
 	header                               http.Header
 	statusGiven, levelGiven, paramsGiven bool
+	// cohort is a Bulk Cohort Group file: created first, then exported.
+	cohort string
 }
 
 func parseExportFlags(args []string, stderr io.Writer) (*exportFlags, error) {
@@ -92,6 +94,7 @@ func parseExportFlags(args []string, stderr io.Writer) (*exportFlags, error) {
 	fs.BoolVar(&f.force, "force", false, "export into a non-empty --out: first remove the files an earlier export wrote there (*.ndjson, errors/, deleted/, manifest.json); other files stay")
 	fs.StringVar(&f.group, "group", "", "export the Group with this id ([base]/Group/ID/$export)")
 	fs.BoolVar(&f.patientsLevel, "patients", false, "export all patients ([base]/Patient/$export)")
+	fs.StringVar(&f.cohort, "cohort", "", "create the Bulk Cohort Group in this JSON file (POST [base]/Group, async), then export it (needs a Group create scope, e.g. --scope 'system/*.read system/Group.c')")
 	fs.BoolVar(&f.system, "system", false, "system-level export ([base]/$export)")
 	fs.StringVar(&f.status, "status", "", "re-attach to a running export by its status URL instead of kicking one off")
 	fs.Var(&f.types, "type", "_type: resource types, comma separated (repeatable)")
@@ -137,7 +140,7 @@ func parseExportFlags(args []string, stderr io.Writer) (*exportFlags, error) {
 		bad("--out is required")
 	}
 	levels := 0
-	for _, on := range []bool{f.group != "", f.patientsLevel, f.system} {
+	for _, on := range []bool{f.group != "", f.patientsLevel, f.system, f.cohort != ""} {
 		if on {
 			levels++
 		}
@@ -149,7 +152,7 @@ func parseExportFlags(args []string, stderr io.Writer) (*exportFlags, error) {
 			bad("--status must be an absolute http(s) URL")
 		}
 	} else if levels != 1 {
-		bad("give exactly one of --group ID, --patients and --system (or --status URL)")
+		bad("give exactly one of --group ID, --cohort FILE, --patients and --system (or --status URL)")
 	}
 	for _, name := range []string{"type", "since", "until", "type-filter", "elements", "patient", "include-associated-data",
 		"organize-output-by", "allow-partial-manifests", "output-format", "lenient"} {
@@ -202,7 +205,7 @@ func parseExportFlags(args []string, stderr io.Writer) (*exportFlags, error) {
 		AllowPartialManifests: f.partialManifests, OutputFormat: f.format, Lenient: f.lenient,
 	}
 	switch {
-	case f.group != "":
+	case f.group != "" || f.cohort != "":
 		r.Level, r.Group = bulkclient.LevelGroup, f.group
 	case f.patientsLevel:
 		r.Level = bulkclient.LevelPatient
@@ -333,6 +336,14 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			}
 		}
 	} else {
+		if f.cohort != "" {
+			if f.request.Group, err = createCohort(ctx, ex, f.cohort, rep); err != nil {
+				if ctx.Err() != nil {
+					return interrupted()
+				}
+				return fail("%v", err)
+			}
+		}
 		method := "GET"
 		if f.request.UsesPost() {
 			method = "POST"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -79,7 +80,14 @@ func sim(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, g := range s.GroupIDs() {
 		fmt.Fprintf(stdout, "  Group/%-8s %5d members\n", g, len(s.Members(g)))
 	}
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(stdout, "  request counters: GET http://%s/_sim/counts\n", ln.Addr())
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_sim/counts", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(s.RequestCounts())
+	})
+	mux.Handle("/", s.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

@@ -81,7 +81,7 @@ type LogConfig struct {
 type ExportConfig struct {
 	// BatchSize is the most patients one search asks for (searches of more
 	// than 200 patients are sized by density below it). Default 1000.
-	BatchSize int `yaml:"batch_size" usage:"most patients one search asks for (exports of more than 200 patients size batches by density)"`
+	BatchSize int `yaml:"batch_size" usage:"most patients one search asks for; exports of more than 200 patients count each type once (_summary=count) and cut the patients into batches of about 12 pages each (more for dense types, fewer for sparse ones)"`
 	// PageSize is the _count asked of the upstream. Default 1000 (the
 	// upstream may cap it lower; next links are followed either way).
 	PageSize int `yaml:"page_size" usage:"_count asked of the upstream per page"`
@@ -94,7 +94,7 @@ type ExportConfig struct {
 	// AdaptiveConcurrency raises and lowers the upstream requests in flight
 	// from observed latency, 429s and Retry-After (AIMD), starting at
 	// Concurrency and never above MaxConcurrency. Default true.
-	AdaptiveConcurrency bool `yaml:"adaptive_concurrency" usage:"adapt the upstream requests in flight to latency and 429s (AIMD)"`
+	AdaptiveConcurrency bool `yaml:"adaptive_concurrency" usage:"raise the upstream requests in flight while latency stays near its minimum, lower them on 429/503, Retry-After, timeouts and growing latency (AIMD)"`
 	// MaxConcurrency is the hard cap of the adaptive limit. Default 16.
 	MaxConcurrency int `yaml:"max_concurrency" usage:"hard cap of upstream requests in flight when adaptive"`
 	// MaxRPS limits the upstream requests started per second; 0: no limit.
@@ -126,7 +126,7 @@ type ExportConfig struct {
 	// SliceSystemExports cuts each large type of a system-level export
 	// into _lastUpdated slices searched in parallel (a few _summary=count
 	// probes per type). Default true.
-	SliceSystemExports bool `yaml:"slice_system_exports" usage:"search large types of system-level exports in parallel _lastUpdated slices"`
+	SliceSystemExports bool `yaml:"slice_system_exports" usage:"cut each large type of a system-level export into _lastUpdated slices (about 24 pages each, sized by _summary=count probes) searched in parallel; off: one search per type"`
 	// DefaultTypes is the type set of an export without _type: "all" (every
 	// type the upstream's CapabilityStatement declares, as the IG asks),
 	// "us-core" (the USCDI v1 / US Core set, as Oracle Health exports), or a
@@ -142,11 +142,11 @@ type UpstreamHTTPConfig struct {
 	// DialTimeout bounds connection set-up. Default 10s.
 	DialTimeout time.Duration `yaml:"dial_timeout" usage:"upstream connection set-up timeout"`
 	// Retries is how often a failed page GET is retried. Default 5.
-	Retries int `yaml:"retries" usage:"retries of a failed upstream page GET"`
+	Retries int `yaml:"retries" usage:"retries of a failed upstream request (backoff with jitter, Retry-After honoured)"`
 	// GiveUpAfter is how long an export keeps retrying a page that keeps
 	// failing (5xx, 429, timeouts, cut connections), from its checkpoint
 	// with backoff, before the search goes to the error file. Default 15m.
-	GiveUpAfter time.Duration `yaml:"give_up_after" usage:"how long an export retries a failing upstream page before giving up on that search"`
+	GiveUpAfter time.Duration `yaml:"give_up_after" usage:"after the retries, how long an export keeps retrying a failing page from its checkpoint (backoff up to 30s) before that search goes to the error file; 0: at once"`
 	// CAFile is a PEM file of CA certificates trusted (besides the system
 	// pool) for TLS to the upstream, by both the pass-through and export
 	// jobs. Empty: the system pool only.

@@ -176,10 +176,10 @@ func (h *Handler) Protect(next http.Handler) http.Handler {
 		switch {
 		case !ok:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="fhir-bulk-proxy admin"`)
-			http.Error(w, "a bearer token is required", http.StatusUnauthorized)
+			writeOutcome(w, http.StatusUnauthorized, "login", "a bearer token is required (admin.token)")
 		case !h.tokenOK(got):
 			w.Header().Set("WWW-Authenticate", `Bearer realm="fhir-bulk-proxy admin", error="invalid_token"`)
-			http.Error(w, "the bearer token is not valid", http.StatusUnauthorized)
+			writeOutcome(w, http.StatusUnauthorized, "login", "the bearer token is not valid")
 		default:
 			next.ServeHTTP(w, r)
 		}

@@ -240,11 +240,13 @@ func TestTokenProtection(t *testing.T) {
 	}
 
 	// Protect: bearer only.
-	if resp, _ = e.do("GET", "/metrics", nil, ""); resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") == "" {
-		t.Errorf("metrics without token: %d %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+	if resp, body = e.do("GET", "/metrics", nil, ""); resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") == "" ||
+		!strings.Contains(string(body), `"resourceType":"OperationOutcome"`) {
+		t.Errorf("metrics without token: %d %q %s", resp.StatusCode, resp.Header.Get("WWW-Authenticate"), body)
 	}
-	if resp, _ = e.do("GET", "/metrics", http.Header{"Authorization": {"Bearer wrong"}}, ""); resp.StatusCode != http.StatusUnauthorized {
-		t.Errorf("metrics with a wrong token: %d", resp.StatusCode)
+	if resp, body = e.do("GET", "/metrics", http.Header{"Authorization": {"Bearer wrong"}}, ""); resp.StatusCode != http.StatusUnauthorized ||
+		!strings.Contains(string(body), `"resourceType":"OperationOutcome"`) {
+		t.Errorf("metrics with a wrong token: %d %s", resp.StatusCode, body)
 	}
 	if resp, body = e.do("GET", "/metrics", e.bearer(), ""); resp.StatusCode != 200 || string(body) != "metrics here\n" {
 		t.Errorf("metrics with the token: %d %s", resp.StatusCode, body)

@@ -29,6 +29,7 @@ var levels = []struct {
 // TestDemoDataAtEveryLevel: system, Patient and Group exports of the demo's
 // data (100 patients, seed 1) are exactly the ground truth.
 func TestDemoDataAtEveryLevel(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 100, Seed: 1}, nil)
 	for _, l := range levels {
 		m := e.exportAt(l.path, nil)
@@ -44,6 +45,7 @@ func TestDemoDataAtEveryLevel(t *testing.T) {
 // TestParametersAtEveryLevel runs each parameter at each level it applies
 // to against the ground truth, and its error paths.
 func TestParametersAtEveryLevel(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	since := time.Date(2023, 1, 1, 0, 0, 0, 0, time.UTC)
 	until := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -142,6 +142,7 @@ func expectOutcome(t *testing.T, what string, resp *http.Response, body []byte, 
 }
 
 func TestBuiltinAuthGroupExport(t *testing.T) {
+	t.Parallel()
 	es := newTestClient(t, "analytics", "ES384", "system/*.read")
 	rs := newTestClient(t, "payer", "RS384", "system/*.rs")
 	e := builtinEnv(t, fhirtest.Options{}, zerolog.Nop(), nil, es, rs)
@@ -228,6 +229,7 @@ func capabilityTokenURL(t *testing.T, body []byte) string {
 }
 
 func TestBuiltinAuthRejections(t *testing.T) {
+	t.Parallel()
 	a := newTestClient(t, "client-a", "ES384", "system/*.read")
 	b := newTestClient(t, "client-b", "RS384", "system/*.rs")
 	p := newTestClient(t, "patients-only", "ES384", "system/Patient.read")
@@ -353,6 +355,7 @@ func TestBuiltinAuthRejections(t *testing.T) {
 }
 
 func TestBuiltinAuthExpiredToken(t *testing.T) {
+	t.Parallel()
 	a := newTestClient(t, "short-lived", "ES384", "system/*.read")
 	e := builtinEnv(t, fhirtest.Options{}, zerolog.Nop(), func(c *config.Config) { c.Auth.TokenTTL = time.Second }, a)
 	tok := e.token(a, "system/*.read")
@@ -410,6 +413,7 @@ func mint(t *testing.T, key *rsa.PrivateKey, kid string, claims jwt.MapClaims) s
 }
 
 func TestExternalAuth(t *testing.T) {
+	t.Parallel()
 	ti := newTestIssuer(t)
 	const aud = "https://bulk.example/fhir"
 	e := newEnv(t, fhirtest.Options{}, func(c *config.Config) {
@@ -482,6 +486,7 @@ func TestExternalAuth(t *testing.T) {
 // server's discovery document is still served at the host's root (its
 // token URL is the same for every tenant); the built-in server's is not.
 func TestSmartConfigurationAtTheRootWithTenants(t *testing.T) {
+	t.Parallel()
 	ti := newTestIssuer(t)
 	tenants := func(c *config.Config) {
 		c.BasePath = "/r4/{tenant}"
@@ -504,6 +509,7 @@ func TestSmartConfigurationAtTheRootWithTenants(t *testing.T) {
 }
 
 func TestUpstreamClientSecretCredentials(t *testing.T) {
+	t.Parallel()
 	const lifetime = 2 * time.Second
 	var (
 		mu     sync.Mutex
@@ -599,6 +605,7 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, cert *x509.
 }
 
 func TestServeTLS(t *testing.T) {
+	t.Parallel()
 	certFile, keyFile, cert := selfSigned(t, t.TempDir())
 	e := newEnv(t, fhirtest.Options{}, func(c *config.Config) {
 		c.TLS.CertFile, c.TLS.KeyFile = certFile, keyFile
@@ -629,6 +636,7 @@ func TestServeTLS(t *testing.T) {
 }
 
 func TestUpstreamTLSWithCAFile(t *testing.T) {
+	t.Parallel()
 	var h atomic.Pointer[http.Handler]
 	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p := h.Load(); p != nil {
@@ -685,6 +693,7 @@ func (b *syncBuffer) String() string {
 }
 
 func TestTokensAreNeverLogged(t *testing.T) {
+	t.Parallel()
 	logs := &syncBuffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	a := newTestClient(t, "logged-client", "ES384", "system/*.read")

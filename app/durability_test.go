@@ -19,7 +19,7 @@ import (
 func TestExportUnderUpstreamFaults(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, fhirtest.Options{
-		Patients: 60,
+		Patients: 30, // enough for hundreds of requests, so every kind of fault happens
 		Faults:   fhirtest.Faults{ErrorRate: 0.10, ThrottleRate: 0.05, RetryAfter: time.Second, CutRate: 0.02},
 		PageTTL:  2 * time.Second,
 	}, func(c *config.Config) {

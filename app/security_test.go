@@ -357,14 +357,18 @@ func TestBuiltinAuthRejections(t *testing.T) {
 func TestBuiltinAuthExpiredToken(t *testing.T) {
 	t.Parallel()
 	a := newTestClient(t, "short-lived", "ES384", "system/*.read")
-	e := builtinEnv(t, fhirtest.Options{}, zerolog.Nop(), func(c *config.Config) { c.Auth.TokenTTL = time.Second }, a)
+	// exp is in whole seconds, rounded down: a token of TTL seconds lives
+	// between TTL-1 and TTL seconds. 5s leaves a loaded machine (tests run
+	// in parallel) ample time for the kick-off with the fresh token.
+	const ttl = 5 * time.Second
+	e := builtinEnv(t, fhirtest.Options{}, zerolog.Nop(), func(c *config.Config) { c.Auth.TokenTTL = ttl }, a)
 	tok := e.token(a, "system/*.read")
 	resp, body := e.do("GET", "/Group/small/$export?_type=Patient", bearer(tok), "")
 	if resp.StatusCode != 202 {
 		t.Fatalf("kick-off with a fresh token: %d %s", resp.StatusCode, body)
 	}
 	status := resp.Header.Get("Content-Location")
-	time.Sleep(2100 * time.Millisecond)
+	time.Sleep(ttl + 1100*time.Millisecond)
 	resp, body = e.do("GET", status, bearer(tok), "")
 	expectOutcome(t, "status with an expired token", resp, body, 401, "login")
 	if !strings.Contains(resp.Header.Get("WWW-Authenticate"), "invalid_token") {

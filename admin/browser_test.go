@@ -32,8 +32,24 @@ func chromium(t *testing.T) string {
 	if os.Getenv("FBP_REQUIRE_BROWSER") == "1" {
 		t.Fatal("chromium is not installed (/usr/bin/chromium, or chromium on PATH) and FBP_REQUIRE_BROWSER=1")
 	}
-	t.Skip("chromium is not installed; apt-get install -y chromium (set FBP_REQUIRE_BROWSER=1 to fail instead)")
+	const why = "chromium is not installed; apt-get install -y chromium (set FBP_REQUIRE_BROWSER=1 to fail instead)"
+	if !testing.Verbose() {
+		// go test shows a skip's reason only with -v: say it anyway.
+		announce("admin: " + t.Name() + " skipped: " + why)
+	}
+	t.Skip(why)
 	return ""
+}
+
+// announce prints one line where a person running go test sees it: go test
+// keeps a passing package's output to itself unless -v is given, so the
+// line goes to the terminal (when there is one) as well as to stderr.
+func announce(line string) {
+	fmt.Fprintln(os.Stderr, line)
+	if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {
+		fmt.Fprintln(tty, line)
+		_ = tty.Close()
+	}
 }
 
 // browserDeadline bounds every wait of the browser test; it is generous

@@ -21,6 +21,7 @@ import (
 // serve the content with the bulk client's access alone (Bulk Data IG,
 // Attachments), and the rest of every resource is exactly the upstream's.
 func TestAttachmentsAreServedByTheProxy(t *testing.T) {
+	t.Parallel()
 	const upstreamToken = "upstream-secret-0123456789"
 	authorize := func(r *http.Request) bool { return r.Header.Get("Authorization") == "Bearer "+upstreamToken }
 	e := newEnv(t, fhirtest.Options{Patients: 12, AttachmentURLs: true, Authorize: authorize}, func(c *config.Config) {

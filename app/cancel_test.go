@@ -30,6 +30,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestOperatorCancelsRunningAndQueuedJobs(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 40, Latency: 40 * time.Millisecond}, func(c *config.Config) {
 		c.Export.MaxJobs = 1
 		c.Export.MaxActivePerClient = 0

@@ -174,6 +174,7 @@ func cohortMembers(t *testing.T, m *bulkclient.Manifest) int {
 }
 
 func TestCohortExports(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 80}, nil)
 	pats := simPatients(t, e.sim)
 	female := femaleBornSince(pats, "1960-01-01")
@@ -290,6 +291,7 @@ func TestCohortExports(t *testing.T) {
 }
 
 func TestCohortRefusals(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	groups := e.sim.Count("Group")
 	cases := []struct {
@@ -345,6 +347,7 @@ func TestCohortRefusals(t *testing.T) {
 }
 
 func TestCohortScopesAndOwners(t *testing.T) {
+	t.Parallel()
 	alice := newTestClient(t, "alice", "ES384", "system/*.read system/Group.cruds")
 	bob := newTestClient(t, "bob", "ES384", "system/*.read system/Group.cruds")
 	reader := newTestClient(t, "reader", "ES384", "system/*.read")
@@ -435,6 +438,7 @@ func TestCohortScopesAndOwners(t *testing.T) {
 }
 
 func TestCohortAsyncCreate(t *testing.T) {
+	t.Parallel()
 	// A slow upstream: the checks take a while, so the first poll is 202.
 	e := newEnv(t, fhirtest.Options{Latency: 400 * time.Millisecond}, nil)
 	ah := withHeader(fhirJSON, "Prefer", "respond-async")
@@ -522,6 +526,7 @@ func TestCohortAsyncCreate(t *testing.T) {
 }
 
 func TestCohortMemberListHeld(t *testing.T) {
+	t.Parallel()
 	refuse := func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/Group") {
@@ -557,6 +562,7 @@ func TestCohortMemberListHeld(t *testing.T) {
 // a two-filter cohort costs over 1,000 patients (go test ./app -run
 // TestCohortEvaluationCost -v).
 func TestCohortEvaluationCost(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("1,000 patients")
 	}
@@ -617,6 +623,7 @@ func TestCohortEvaluationCost(t *testing.T) {
 }
 
 func TestCohortSurvivesRestart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	id := e.createCohort(fhirJSON, cohortBody("kept", []string{"Group/small"}, "Patient?gender=female,male,other"))
 	e.stop()
@@ -635,6 +642,7 @@ func TestCohortSurvivesRestart(t *testing.T) {
 }
 
 func TestCohortOfCohorts(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 60}, nil)
 	women := e.createCohort(fhirJSON, cohortBody("women", nil, "Patient?gender=female"))
 	want := intersect(femaleBornSince(simPatients(t, e.sim), ""), simWithCondition(t, e.sim, snomedDiabetes))
@@ -660,6 +668,7 @@ func TestCohortOfCohorts(t *testing.T) {
 // TestCohortFiltersAreNeverLogged runs creates (sync, async, refused) and an
 // export at debug level and checks that no filter value reaches the log.
 func TestCohortFiltersAreNeverLogged(t *testing.T) {
+	t.Parallel()
 	logs := &syncBuffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	e := newEnvLog(t, fhirtest.Options{}, nil, log)

@@ -46,6 +46,7 @@ func (e *env) deletedLines(files []string) []string {
 }
 
 func TestDeletedSinceWithHistory(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Deleted: 0.05}, nil)
 	since := time.Date(2024, 9, 1, 0, 0, 0, 0, time.UTC)
 	types := []string{"Patient", "Observation", "Condition", "Encounter"}
@@ -86,6 +87,7 @@ func TestDeletedSinceWithHistory(t *testing.T) {
 }
 
 func TestDeletedWithoutHistoryIsExplained(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Deleted: 0.05, NoHistory: true}, nil)
 	m := e.exportAt("/Group/small/$export", url.Values{"_type": {"Observation"}, "_since": {"2024-01-01T00:00:00Z"}})
 	if len(m.Deleted) != 0 {

@@ -17,8 +17,9 @@ import (
 // connections cut mid-body and paging cursors that expire, and the export
 // is still exactly the ground truth.
 func TestExportUnderUpstreamFaults(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{
-		Patients: 60,
+		Patients: 30, // enough for hundreds of requests, so every kind of fault happens
 		Faults:   fhirtest.Faults{ErrorRate: 0.10, ThrottleRate: 0.05, RetryAfter: time.Second, CutRate: 0.02},
 		PageTTL:  2 * time.Second,
 	}, func(c *config.Config) {
@@ -56,6 +57,7 @@ func TestExportUnderUpstreamFaults(t *testing.T) {
 // TestTypeThatAlwaysFails: the failing type's units end in the error file,
 // the job completes with everything else.
 func TestTypeThatAlwaysFails(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{FailTypes: []string{"Condition"}}, func(c *config.Config) {
 		c.UpstreamHTTP.Retries = 1
 	})
@@ -76,6 +78,7 @@ func TestTypeThatAlwaysFails(t *testing.T) {
 
 // TestEverythingFailsFailsTheJob: a job that could export nothing fails.
 func TestEverythingFailsFailsTheJob(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{FailTypes: []string{"Condition"}}, func(c *config.Config) {
 		c.UpstreamHTTP.Retries = 0
 	})
@@ -97,6 +100,7 @@ func TestEverythingFailsFailsTheJob(t *testing.T) {
 // TestKickoffWhileDraining: once shutdown has begun, kick-offs get 503 with
 // Retry-After and an OperationOutcome, and nothing is lost.
 func TestKickoffWhileDraining(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	if err := e.app.Service().Stop(context.Background()); err != nil {
 		t.Fatal(err)
@@ -111,6 +115,7 @@ func TestKickoffWhileDraining(t *testing.T) {
 // TestFailOnPartial: with export.fail_on_partial one failed search fails
 // the export.
 func TestFailOnPartial(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{FailTypes: []string{"Condition"}}, func(c *config.Config) {
 		c.UpstreamHTTP.Retries = 0
 		c.Export.FailOnPartial = true
@@ -132,6 +137,7 @@ func TestFailOnPartial(t *testing.T) {
 // patients of different batches is found by both batches' searches and
 // exported once.
 func TestResourceInTwoBatchesExportedOnce(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, func(c *config.Config) { c.Export.BatchSize = 5 })
 	ids := e.sim.PatientIDs()
 	first, last := ids[0], ids[len(ids)-1]
@@ -158,6 +164,7 @@ func TestResourceInTwoBatchesExportedOnce(t *testing.T) {
 // stay within one count probe per type and a few partly filled pages of the
 // minimum (the pages each type needs at the page size).
 func TestDensitySizedBatches(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 260}, func(c *config.Config) {
 		c.Export.BatchSize = 1000
 		c.Export.PageSize = 500
@@ -181,6 +188,7 @@ func TestDensitySizedBatches(t *testing.T) {
 // upstream that serves 4 requests at once and throttles some of them is
 // exact, and the limit stays within its bounds.
 func TestAdaptiveConcurrency(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Latency: 5 * time.Millisecond, MaxConcurrent: 4,
 		Faults: fhirtest.Faults{ThrottleRate: 0.05, RetryAfter: time.Second}}, func(c *config.Config) {
 		c.Export.AdaptiveConcurrency = true

@@ -19,6 +19,7 @@ import (
 )
 
 func TestGroupExportMatchesGroundTruth(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{OutcomeEntries: true, Pretty: true}, nil)
 	for _, group := range []string{"all", "small"} {
 		m, status := e.export(group, nil)
@@ -46,6 +47,7 @@ func TestGroupExportMatchesGroundTruth(t *testing.T) {
 }
 
 func TestGroupExportTypeAndSince(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	m, _ := e.export("all", url.Values{"_type": {"Patient,Condition", "Practitioner"}})
 	ex := e.verify(m, fhirtest.Query{GroupID: "all", Types: []string{"Patient", "Condition", "Practitioner"}})
@@ -63,6 +65,7 @@ func TestGroupExportTypeAndSince(t *testing.T) {
 }
 
 func TestGroupExportPOSTParameters(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	body := `{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"Patient,Immunization"},
 		{"name":"_outputFormat","valueString":"ndjson"}]}`
@@ -78,6 +81,7 @@ func TestGroupExportPOSTParameters(t *testing.T) {
 }
 
 func TestKickoffErrors(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	for _, tc := range []struct {
 		name, method, path string
@@ -122,6 +126,7 @@ func TestKickoffErrors(t *testing.T) {
 }
 
 func TestLenientKickoffReportsIgnoredParameters(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	h := http.Header{"Prefer": {"respond-async, handling=lenient"}}
 	resp, b := e.do("GET", "/Group/small/$export?_type=Patient,Unicorn&organizeOutputBy=Encounter&color=blue", h, "")
@@ -144,6 +149,7 @@ func TestLenientKickoffReportsIgnoredParameters(t *testing.T) {
 }
 
 func TestUpstreamDownAtKickoff(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	e.simSrv.Close()
 	resp, b := e.do("GET", "/Group/all/$export", nil, "")
@@ -154,6 +160,7 @@ func TestUpstreamDownAtKickoff(t *testing.T) {
 }
 
 func TestStatusWhileRunningAndFileDownloads(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Latency: 20 * time.Millisecond}, func(c *config.Config) { c.Export.Concurrency = 1 })
 	resp, b := e.do("GET", "/Group/all/$export?_type=Patient,Observation", nil, "")
 	if resp.StatusCode != http.StatusAccepted {
@@ -214,6 +221,7 @@ func TestStatusWhileRunningAndFileDownloads(t *testing.T) {
 }
 
 func TestDeleteWhileRunning(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Latency: 50 * time.Millisecond}, func(c *config.Config) { c.Export.Concurrency = 2 })
 	resp, b := e.do("GET", "/Group/all/$export", nil, "")
 	if resp.StatusCode != http.StatusAccepted {
@@ -260,6 +268,7 @@ func TestDeleteWhileRunning(t *testing.T) {
 }
 
 func TestDeleteCompletedRemovesFiles(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	m, status := e.export("small", url.Values{"_type": {"Patient"}})
 	resp, _ := e.do("DELETE", status, nil, "")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/bulkclient"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/config"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
 )
@@ -27,23 +28,34 @@ var levels = []struct {
 }
 
 // TestDemoDataAtEveryLevel: system, Patient and Group exports of the demo's
-// data (100 patients, seed 1) are exactly the ground truth.
+// data (100 patients, seed 1) are exactly the ground truth. The three run
+// at once, as three jobs of the one proxy.
 func TestDemoDataAtEveryLevel(t *testing.T) {
-	e := newEnv(t, fhirtest.Options{Patients: 100, Seed: 1}, nil)
+	t.Parallel()
+	e := newEnv(t, fhirtest.Options{Patients: 100, Seed: 1}, func(c *config.Config) {
+		c.Export.MaxJobs = len(levels)
+		c.Export.MaxActivePerClient = 0
+	})
 	for _, l := range levels {
-		m := e.exportAt(l.path, nil)
-		q := l.query
-		q.Types = exporter.CandidateTypes(exporter.LevelGroup)
-		if q.System {
-			q.Types = exporter.CandidateTypes(exporter.LevelSystem)
-		}
-		e.verify(m, q)
+		t.Run(l.name, func(t *testing.T) {
+			t.Parallel()
+			le := *e // the same upstream and proxy; failures are the subtest's
+			le.t = t
+			m := le.exportAt(l.path, nil)
+			q := l.query
+			q.Types = exporter.CandidateTypes(exporter.LevelGroup)
+			if q.System {
+				q.Types = exporter.CandidateTypes(exporter.LevelSystem)
+			}
+			le.verify(m, q)
+		})
 	}
 }
 
 // TestParametersAtEveryLevel runs each parameter at each level it applies
 // to against the ground truth, and its error paths.
 func TestParametersAtEveryLevel(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	since := time.Date(2023, 1, 1, 0, 0, 0, 0, time.UTC)
 	until := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -77,6 +77,7 @@ next:
 }
 
 func TestMetricsFollowAnExport(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 30, ThrottleRate: 0.05, ErrorRate: 0.05, FaultSeed: 3, RetryAfter: time.Second}, func(c *config.Config) {
 		c.UpstreamHTTP.Retries = 8
 	})
@@ -130,6 +131,7 @@ func TestMetricsFollowAnExport(t *testing.T) {
 }
 
 func TestMetricsAndAdminOnASeparateListener(t *testing.T) {
+	t.Parallel()
 	const token = "operator-token-0123456789"
 	e := newEnv(t, fhirtest.Options{Patients: 5}, func(c *config.Config) {
 		c.Admin.Listen = "127.0.0.1:0"
@@ -169,6 +171,7 @@ func TestMetricsAndAdminOnASeparateListener(t *testing.T) {
 }
 
 func TestAdminOnTheMainListenerNeedsAToken(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 5}, nil)
 	resp, _ := e.do(http.MethodGet, e.app.URL()+AdminPath+"/jobs", nil, "")
 	if resp.StatusCode == http.StatusOK {
@@ -208,6 +211,7 @@ func readyz(t *testing.T, e *env) (int, readiness) {
 }
 
 func TestHealthEndpoints(t *testing.T) {
+	t.Parallel()
 	// A root mount: /healthz and /readyz must still be answered by the
 	// proxy, not passed through.
 	e := newEnv(t, fhirtest.Options{Patients: 5}, func(c *config.Config) { c.BasePath = "" })
@@ -284,6 +288,7 @@ func readyzAfterCache(t *testing.T, e *env) (int, readiness) {
 }
 
 func TestReadyzReportsDraining(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 5}, nil)
 	if err := e.app.Service().Stop(t.Context()); err != nil {
 		t.Fatal(err)
@@ -310,6 +315,7 @@ func (s *syncBuffer) lines(t *testing.T) []map[string]any {
 }
 
 func TestLogsCarryRequestAndJobIDs(t *testing.T) {
+	t.Parallel()
 	buf := &syncBuffer{}
 	log := zerolog.New(buf).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 	e := newEnvLog(t, fhirtest.Options{Patients: 20, ErrorRate: 0.1, FaultSeed: 5}, func(c *config.Config) {

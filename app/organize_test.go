@@ -14,6 +14,7 @@ import (
 )
 
 func TestOrganizeOutputByPatient(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	// Patient is not first: blocks still start with it (the IG's resource
 	// block is the header, then the resource it names, then the others).
@@ -98,6 +99,7 @@ func TestOrganizeOutputByPatient(t *testing.T) {
 }
 
 func TestAllowPartialManifests(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{
 		TypeFaults: map[string]fhirtest.Faults{"Practitioner": {Latency: 1500 * time.Millisecond}},
 	}, nil)

@@ -12,6 +12,7 @@ import (
 )
 
 func TestPassThroughThroughTheProxy(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	upstreamBase := e.cfg.Upstream
 
@@ -88,6 +89,7 @@ func TestPassThroughThroughTheProxy(t *testing.T) {
 }
 
 func TestMetadataDeclaresBulkData(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	resp, b := e.do("GET", "/metadata", nil, "")
 	if resp.StatusCode != 200 {
@@ -129,6 +131,7 @@ func TestMetadataDeclaresBulkData(t *testing.T) {
 }
 
 func TestTenantMount(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{BasePath: "/tenants/acme/fhir"}, func(c *config.Config) {
 		c.BasePath = "/r4/{tenant}"
 		c.Upstream = strings.Replace(c.Upstream, "/tenants/acme/fhir", "/tenants/{tenant}/fhir", 1)
@@ -161,6 +164,7 @@ func TestTenantMount(t *testing.T) {
 }
 
 func TestUpstreamWithoutORListsFallsBackPerPatient(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{NoORLists: true, Patients: 12}, nil)
 	m, _ := e.export("all", url.Values{"_type": {"Patient,Condition,Practitioner"}})
 	e.verify(m, fhirtest.Query{GroupID: "all", Types: []string{"Patient", "Condition", "Practitioner"}})

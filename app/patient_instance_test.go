@@ -16,6 +16,7 @@ import (
 // is a Patient-level export of that one patient, compared exactly with the
 // ground truth.
 func TestPatientInstanceExport(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	ids := e.sim.PatientIDs()
 	id := ids[2]
@@ -63,6 +64,7 @@ func TestPatientInstanceExport(t *testing.T) {
 }
 
 func TestPatientInstanceExportRefusals(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	ids := e.sim.PatientIDs()
 	id, other := ids[0], ids[1]

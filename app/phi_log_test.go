@@ -100,6 +100,7 @@ func jsonString(s string) string {
 // Patient ids are PHI: the log may carry types, parameter names, counts,
 // statuses and unit ids, never parameter values or upstream bodies.
 func TestPatientIDsAreNeverLogged(t *testing.T) {
+	t.Parallel()
 	logs := &syncBuffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	e := newEnvWrapped(t, fhirtest.Options{

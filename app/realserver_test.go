@@ -45,6 +45,7 @@ func outputTypes(t *testing.T, m *bulkclient.Manifest) []string {
 }
 
 func TestExportWithoutTypeIsEverythingTheUpstreamHolds(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, rough, nil)
 	m := e.exportAt("/Group/all/$export", nil)
 	e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.CandidateTypes(exporter.LevelGroup)})
@@ -71,6 +72,7 @@ func TestExportWithoutTypeIsEverythingTheUpstreamHolds(t *testing.T) {
 }
 
 func TestDefaultTypesUSCoreAndList(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, rough, func(c *config.Config) { c.Export.DefaultTypes = "us-core" })
 	m := e.exportAt("/Group/small/$export", nil)
 	e.verify(m, fhirtest.Query{GroupID: "small", Types: exporter.USCoreTypes})
@@ -87,6 +89,7 @@ func TestDefaultTypesUSCoreAndList(t *testing.T) {
 }
 
 func TestCountProbesAreOneRequestEach(t *testing.T) {
+	t.Parallel()
 	// More than 200 patients: the batches are sized by counts.
 	e := newEnv(t, fhirtest.Options{Patients: 210}.WithRealManners(), nil)
 	e.sim.ResetRequestCounts()
@@ -108,6 +111,7 @@ func TestCountProbesAreOneRequestEach(t *testing.T) {
 }
 
 func TestCountsIgnoredByTheUpstream(t *testing.T) {
+	t.Parallel()
 	o := fhirtest.Options{Patients: 210, IgnoreSummaryCount: true}.WithRealManners()
 	e := newEnv(t, o, nil)
 	e.sim.ResetRequestCounts()
@@ -119,6 +123,7 @@ func TestCountsIgnoredByTheUpstream(t *testing.T) {
 }
 
 func TestTypeFilterKickoffIsBoundedAndChecked(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, rough, nil)
 	e.sim.ResetRequestCounts()
 	params := url.Values{"_type": {"Observation,Condition"},
@@ -218,6 +223,7 @@ func eachResource(cs map[string]any, fn func(res map[string]any)) {
 }
 
 func TestTypeFilterParameterDroppedFromSelfLink(t *testing.T) {
+	t.Parallel()
 	// The upstream lists no search parameters and ignores unknown ones:
 	// only its self link tells that the filter would select everything.
 	noParams := editMetadata(func(cs map[string]any) {
@@ -237,6 +243,7 @@ func TestTypeFilterParameterDroppedFromSelfLink(t *testing.T) {
 }
 
 func TestHistoryFoundByAsking(t *testing.T) {
+	t.Parallel()
 	// The upstream serves _history but declares it nowhere.
 	noHistory := editMetadata(func(cs map[string]any) {
 		eachResource(cs, func(res map[string]any) {
@@ -282,6 +289,7 @@ func TestHistoryFoundByAsking(t *testing.T) {
 }
 
 func TestCursorsThatDieBeforeTheNextPage(t *testing.T) {
+	t.Parallel()
 	// HAPI's paging with search ids forgotten after 50ms without use, and
 	// 100ms for every request: no next link can ever be followed.
 	o := rough
@@ -305,6 +313,7 @@ func TestCursorsThatDieBeforeTheNextPage(t *testing.T) {
 }
 
 func TestFlakyUpstreamLosesNothing(t *testing.T) {
+	t.Parallel()
 	o := rough
 	o.ErrorRate, o.ThrottleRate = 0.3, 0.2
 	var logs syncBuffer
@@ -336,6 +345,7 @@ func TestFlakyUpstreamLosesNothing(t *testing.T) {
 }
 
 func TestUpstreamDownAtEveryLevelIs503(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	e.simSrv.Close()
 	for _, path := range []string{"/$export", "/Patient/$export", "/Group/all/$export"} {
@@ -349,6 +359,7 @@ func TestUpstreamDownAtEveryLevelIs503(t *testing.T) {
 }
 
 func TestOversizedHeadersGetAnOperationOutcome(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, func(c *config.Config) { c.Limits.MaxHeaderBytes = 8 << 10 })
 	big := strings.Repeat("x", 12<<10)
 	for _, path := range []string{"/Patient?_count=1", "/Group/all/$export"} {
@@ -364,6 +375,7 @@ func TestOversizedHeadersGetAnOperationOutcome(t *testing.T) {
 }
 
 func TestQueuedLogLineHasOneLevel(t *testing.T) {
+	t.Parallel()
 	var logs syncBuffer
 	e := newEnvLog(t, fhirtest.Options{}, nil, zerolog.New(&logs).Level(zerolog.InfoLevel))
 	e.exportAt("/Group/small/$export", url.Values{"_type": {"Patient"}})

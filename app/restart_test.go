@@ -35,6 +35,7 @@ func startSlowExport(t *testing.T, e *env) string {
 }
 
 func TestRestartKeepsCompletedAndFinishesRunning(t *testing.T) {
+	t.Parallel()
 	for _, crash := range []bool{false, true} {
 		name := "graceful"
 		if crash {

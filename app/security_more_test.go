@@ -70,6 +70,7 @@ func newIntrospectionServer(t *testing.T, id, secret string, tokens map[string]m
 }
 
 func TestIntrospectionAuth(t *testing.T) {
+	t.Parallel()
 	const (
 		aud      = "https://bulk.example/fhir"
 		c1Token  = "opaque-c1-2f9d0c7e5b8a4e61"
@@ -143,6 +144,7 @@ func TestIntrospectionAuth(t *testing.T) {
 }
 
 func TestUpstreamBearerCredentials(t *testing.T) {
+	t.Parallel()
 	const token = "s3cret"
 	var (
 		mu       sync.Mutex
@@ -319,6 +321,7 @@ func (b *backendTokenServer) stats() (issued int, errs []string) {
 }
 
 func TestUpstreamBackendServicesCredentials(t *testing.T) {
+	t.Parallel()
 	const (
 		clientID = "bulk-proxy-backend"
 		kid      = "bulk-proxy-key-1"

@@ -142,6 +142,7 @@ func expectOutcome(t *testing.T, what string, resp *http.Response, body []byte, 
 }
 
 func TestBuiltinAuthGroupExport(t *testing.T) {
+	t.Parallel()
 	es := newTestClient(t, "analytics", "ES384", "system/*.read")
 	rs := newTestClient(t, "payer", "RS384", "system/*.rs")
 	e := builtinEnv(t, fhirtest.Options{}, zerolog.Nop(), nil, es, rs)
@@ -228,6 +229,7 @@ func capabilityTokenURL(t *testing.T, body []byte) string {
 }
 
 func TestBuiltinAuthRejections(t *testing.T) {
+	t.Parallel()
 	a := newTestClient(t, "client-a", "ES384", "system/*.read")
 	b := newTestClient(t, "client-b", "RS384", "system/*.rs")
 	p := newTestClient(t, "patients-only", "ES384", "system/Patient.read")
@@ -353,15 +355,20 @@ func TestBuiltinAuthRejections(t *testing.T) {
 }
 
 func TestBuiltinAuthExpiredToken(t *testing.T) {
+	t.Parallel()
 	a := newTestClient(t, "short-lived", "ES384", "system/*.read")
-	e := builtinEnv(t, fhirtest.Options{}, zerolog.Nop(), func(c *config.Config) { c.Auth.TokenTTL = time.Second }, a)
+	// exp is in whole seconds, rounded down: a token of TTL seconds lives
+	// between TTL-1 and TTL seconds. 5s leaves a loaded machine (tests run
+	// in parallel) ample time for the kick-off with the fresh token.
+	const ttl = 5 * time.Second
+	e := builtinEnv(t, fhirtest.Options{}, zerolog.Nop(), func(c *config.Config) { c.Auth.TokenTTL = ttl }, a)
 	tok := e.token(a, "system/*.read")
 	resp, body := e.do("GET", "/Group/small/$export?_type=Patient", bearer(tok), "")
 	if resp.StatusCode != 202 {
 		t.Fatalf("kick-off with a fresh token: %d %s", resp.StatusCode, body)
 	}
 	status := resp.Header.Get("Content-Location")
-	time.Sleep(2100 * time.Millisecond)
+	time.Sleep(ttl + 1100*time.Millisecond)
 	resp, body = e.do("GET", status, bearer(tok), "")
 	expectOutcome(t, "status with an expired token", resp, body, 401, "login")
 	if !strings.Contains(resp.Header.Get("WWW-Authenticate"), "invalid_token") {
@@ -410,6 +417,7 @@ func mint(t *testing.T, key *rsa.PrivateKey, kid string, claims jwt.MapClaims) s
 }
 
 func TestExternalAuth(t *testing.T) {
+	t.Parallel()
 	ti := newTestIssuer(t)
 	const aud = "https://bulk.example/fhir"
 	e := newEnv(t, fhirtest.Options{}, func(c *config.Config) {
@@ -482,6 +490,7 @@ func TestExternalAuth(t *testing.T) {
 // server's discovery document is still served at the host's root (its
 // token URL is the same for every tenant); the built-in server's is not.
 func TestSmartConfigurationAtTheRootWithTenants(t *testing.T) {
+	t.Parallel()
 	ti := newTestIssuer(t)
 	tenants := func(c *config.Config) {
 		c.BasePath = "/r4/{tenant}"
@@ -504,6 +513,7 @@ func TestSmartConfigurationAtTheRootWithTenants(t *testing.T) {
 }
 
 func TestUpstreamClientSecretCredentials(t *testing.T) {
+	t.Parallel()
 	const lifetime = 2 * time.Second
 	var (
 		mu     sync.Mutex
@@ -599,6 +609,7 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, cert *x509.
 }
 
 func TestServeTLS(t *testing.T) {
+	t.Parallel()
 	certFile, keyFile, cert := selfSigned(t, t.TempDir())
 	e := newEnv(t, fhirtest.Options{}, func(c *config.Config) {
 		c.TLS.CertFile, c.TLS.KeyFile = certFile, keyFile
@@ -629,6 +640,7 @@ func TestServeTLS(t *testing.T) {
 }
 
 func TestUpstreamTLSWithCAFile(t *testing.T) {
+	t.Parallel()
 	var h atomic.Pointer[http.Handler]
 	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p := h.Load(); p != nil {
@@ -685,6 +697,7 @@ func (b *syncBuffer) String() string {
 }
 
 func TestTokensAreNeverLogged(t *testing.T) {
+	t.Parallel()
 	logs := &syncBuffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	a := newTestClient(t, "logged-client", "ES384", "system/*.read")

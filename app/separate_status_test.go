@@ -41,6 +41,7 @@ func pollSeparate(t *testing.T, e *env, status string) (*http.Response, []byte, 
 }
 
 func TestPreferSeparateExportStatus(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 20, Latency: 5 * time.Millisecond}, nil)
 	kick := func(path string) string {
 		t.Helper()

@@ -13,6 +13,7 @@ import (
 // TestStartupLineNamesTheFHIRBase: the start-up line gives the FHIR base
 // clients use and, when it is on, the operator page's URL.
 func TestStartupLineNamesTheFHIRBase(t *testing.T) {
+	t.Parallel()
 	var buf syncBuffer
 	e := newEnvLog(t, fhirtest.Options{Patients: 1}, func(c *config.Config) {
 		c.Admin.Listen = "127.0.0.1:0"
@@ -56,6 +57,7 @@ func TestStartupLineNamesTheFHIRBase(t *testing.T) {
 // /admin answers a 404 that says the page is off and which option turns it
 // on, as an OperationOutcome, or a page for browsers.
 func TestAdminOffSaysHowToTurnItOn(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 1}, nil)
 	for _, path := range []string{"/admin/", "/admin", "/admin/jobs"} {
 		resp, body := e.do(http.MethodGet, e.app.URL()+path, http.Header{"Accept": {"application/fhir+json"}}, "")
@@ -90,6 +92,7 @@ func TestAdminOffSaysHowToTurnItOn(t *testing.T) {
 // without a token (allowed), a JSON cancel needs no CSRF token; one from
 // another origin is still refused.
 func TestOpenAdminListenerCancelsWithoutCSRF(t *testing.T) {
+	t.Parallel()
 	release := make(chan struct{})
 	// Searches hang until the end of the test, so the job stays running
 	// (the kick-off's Group read and /metadata are answered).

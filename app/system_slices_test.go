@@ -16,6 +16,7 @@ import (
 // the slices together are exactly the type: nothing lost at a boundary,
 // nothing twice, with and without _since.
 func TestSystemExportSlicesLargeTypes(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 60}, func(c *config.Config) {
 		c.Export.Concurrency = 4
 		c.Export.PageSize = 100 // Observation has several windows' worth of pages

@@ -40,6 +40,7 @@ func jsonAnswer(status int, body string) http.Handler {
 // TestMetadataProbe sends the upstream check to real servers of every kind
 // and checks what it says came back.
 func TestMetadataProbe(t *testing.T) {
+	t.Parallel()
 	sim := httptest.NewServer(fhirtest.New(fhirtest.Options{Patients: 1, Seed: 1}).Handler())
 	defer sim.Close()
 	tlsSim := httptest.NewTLSServer(fhirtest.New(fhirtest.Options{Patients: 1, Seed: 1}).Handler())
@@ -159,6 +160,7 @@ func waitLog(t *testing.T, buf *syncBuffer, prefix string) map[string]any {
 // is 503 with the same words until the upstream serves a
 // CapabilityStatement.
 func TestNonFHIRUpstreamIsNotReady(t *testing.T) {
+	t.Parallel()
 	var up switchable
 	up.set(plainWebServer(http.StatusNotFound))
 	upSrv := httptest.NewServer(&up)
@@ -204,6 +206,7 @@ func TestNonFHIRUpstreamIsNotReady(t *testing.T) {
 // TestReadyzSaysWhyTheUpstreamIsUnreachable: a DNS failure is named in
 // /readyz and in the log, not "internal error".
 func TestReadyzSaysWhyTheUpstreamIsUnreachable(t *testing.T) {
+	t.Parallel()
 	var buf syncBuffer
 	e := newEnvLog(t, fhirtest.Options{Patients: 1}, func(c *config.Config) {
 		c.Upstream = "http://no-such-host.invalid/fhir"

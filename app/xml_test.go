@@ -92,6 +92,7 @@ func getXML(t *testing.T, u string, header http.Header) (*http.Response, []byte)
 }
 
 func TestXMLMetadataAndPassThrough(t *testing.T) {
+	t.Parallel()
 	up := xmlUpstream(t)
 	base := startProxy(t, up.URL+"/fhir")
 	asXML := http.Header{"Accept": {"application/fhir+xml"}}
@@ -166,6 +167,7 @@ func TestXMLMetadataAndPassThrough(t *testing.T) {
 // TestXMLMetadataUpstreamWithoutXML: fhirtest speaks JSON only, so XML
 // metadata is a 406 OperationOutcome while JSON still works.
 func TestXMLMetadataUpstreamWithoutXML(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Patients: 5}, nil)
 	for _, ask := range []struct {
 		path   string

@@ -10,6 +10,7 @@ import (
 )
 
 func TestExportCohort(t *testing.T) {
+	t.Parallel()
 	e := newExportEnv(t, 30, nil)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "cohort.json")

@@ -22,6 +22,7 @@ import (
 // TestClientKeyThumbprint: the kid derived from a key is its RFC 7638
 // thumbprint (the RFC's own example, section 3.1).
 func TestClientKeyThumbprint(t *testing.T) {
+	t.Parallel()
 	const rfcKey = `{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}`
 	var jwk jose.JSONWebKey
 	if err := jwk.UnmarshalJSON([]byte(rfcKey)); err != nil {
@@ -95,6 +96,7 @@ func publicJWKS(t *testing.T, keys ...jose.JSONWebKey) string {
 // with one private key is a key file; the client's own credential
 // errors say so ("your client credentials") and point at --key-id.
 func TestExportCommandKeyID(t *testing.T) {
+	t.Parallel()
 	pemKey := newECKey(t)
 	tpKid := thumbprintKID(pemKey.Public())
 	jwkKey := newECKey(t)

@@ -20,6 +20,7 @@ import (
 // a manifest that lists only Patient); with --force the earlier export's
 // files go and foreign files stay.
 func TestExportCommandRefusesStaleFolder(t *testing.T) {
+	t.Parallel()
 	e := newExportEnv(t, 15, nil)
 	dir := t.TempDir()
 	code, stdout, stderr := runExport(t, "--base", e.base, "--group", "small", "--type", "Patient,Observation,Condition", "--out", dir)
@@ -114,6 +115,7 @@ func (w *signalWriter) String() string {
 // printed --status command, it waits until then instead of being
 // throttled (429) at once.
 func TestExportCommandReattachWaitsRetryAfter(t *testing.T) {
+	t.Parallel()
 	// A slow upstream keeps the export running for a few seconds.
 	e := newExportEnvSim(t, fhirtest.Options{Patients: 20, Seed: 5, Latency: 300 * time.Millisecond}, func(c *config.Config) {
 		c.Export.PollThrottle = true

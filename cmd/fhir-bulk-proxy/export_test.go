@@ -176,6 +176,7 @@ func expectExit(t *testing.T, what string, code, want int, stdout, stderr string
 }
 
 func TestExportCommandLevels(t *testing.T) {
+	t.Parallel()
 	e := newExportEnv(t, 30, nil)
 
 	// Group level, every default type.
@@ -248,6 +249,7 @@ func TestExportCommandLevels(t *testing.T) {
 }
 
 func TestExportCommandReattachesWithStatus(t *testing.T) {
+	t.Parallel()
 	e := newExportEnv(t, 20, nil)
 	c := &bulkclient.Client{}
 	status, err := c.KickOff(context.Background(), e.base+"/Group/half/$export", map[string][]string{"_type": {"Patient,Observation"}})
@@ -317,6 +319,7 @@ func newFakeBulkServer(t *testing.T) *fakeBulkServer {
 }
 
 func TestExportCommandFailsValidation(t *testing.T) {
+	t.Parallel()
 	f := newFakeBulkServer(t)
 	f.complete = true
 	f.manifest = `{"transactionTime":"2026-01-01T00:00:00Z","request":"x","requiresAccessToken":false,
@@ -343,6 +346,7 @@ func TestExportCommandFailsValidation(t *testing.T) {
 }
 
 func TestExportCommandInterrupt(t *testing.T) {
+	t.Parallel()
 	for _, cancelIt := range []bool{false, true} {
 		f := newFakeBulkServer(t)
 		ctx, cancel := context.WithCancel(context.Background())
@@ -373,6 +377,7 @@ func TestExportCommandInterrupt(t *testing.T) {
 }
 
 func TestExportCommandUsage(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{
 		{"--group", "g", "--out", "x"},                                      // no --base
 		{"--base", "http://x/fhir", "--group", "g"},                         // no --out
@@ -390,6 +395,7 @@ func TestExportCommandUsage(t *testing.T) {
 }
 
 func TestExportCommandSMARTBackendServices(t *testing.T) {
+	t.Parallel()
 	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -21,15 +22,22 @@ import (
 )
 
 // freeAddr returns a loopback address with a port that was free just now.
+// The port is below Linux's ephemeral range (32768 and up), so that the
+// outgoing connections and :0 listeners of tests running in parallel
+// cannot take it while the binary that listens on it restarts.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000)))
+		if err != nil {
+			continue
+		}
+		addr := ln.Addr().String()
+		_ = ln.Close()
+		return addr
 	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
+	t.Fatal("no free port between 20000 and 32000")
+	return ""
 }
 
 // proxyProc is the real binary serving on a fixed address.
@@ -72,6 +80,7 @@ func (p *proxyProc) kill() {
 // a Group export of 300 patients, restarting it each time; the export must
 // still be exactly the ground truth.
 func TestKillNineDuringExport(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds and kills the real binary")
 	}
@@ -154,6 +163,7 @@ func TestKillNineDuringExport(t *testing.T) {
 // A second process on the same data directory fails at once with a clear
 // error instead of hanging on the bbolt lock.
 func TestSIGTERMMidExportResumes(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds the real binary")
 	}

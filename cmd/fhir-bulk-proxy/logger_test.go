@@ -9,6 +9,7 @@ import (
 )
 
 func TestLoggerFormats(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		format string
 		json   bool

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,21 +26,67 @@ import (
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
 )
 
-// buildBinary builds the real binary once per test.
+// minParallel is how many of this package's tests run at once when
+// -parallel is not given. The end-to-end tests spend most of their time
+// waiting on the binary, loopback HTTP and simulated upstream latency, so
+// the default (GOMAXPROCS, 2 on a small CI machine) leaves the CPUs idle.
+const minParallel = 6
+
+// binDir holds the binary that buildBinary builds once for the package.
+var binDir string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if p := flag.Lookup("test.parallel"); !given && p != nil {
+		if n, err := strconv.Atoi(p.Value.String()); err == nil && n < minParallel {
+			_ = p.Value.Set(strconv.Itoa(minParallel))
+		}
+	}
+	dir, err := os.MkdirTemp("", "fhir-bulk-proxy-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var built struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+// buildBinary builds the real binary the first time a test asks for it and
+// returns the same one to every test after: the end-to-end tests run it
+// from outside, as separate processes, so they can share it. It is a plain
+// build (no -race): the race detector watches the tests' own process.
 func buildBinary(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "fhir-bulk-proxy")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	built.once.Do(func() {
+		bin := filepath.Join(binDir, "fhir-bulk-proxy")
+		out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+		if err != nil {
+			built.err = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		built.bin = bin
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
 	}
-	return bin
+	return built.bin
 }
 
 // TestServeBinaryInFrontOfSim starts the real binary with flags alone (no
 // config file) in front of the synthetic upstream, runs a Group export the
 // way the README's curl examples do, and stops it with SIGTERM.
 func TestServeBinaryInFrontOfSim(t *testing.T) {
+	t.Parallel()
 	bin := buildBinary(t)
 	sim := fhirtest.New(fhirtest.Options{Patients: 30, Seed: 3})
 	srv := httptest.NewServer(sim.Handler())
@@ -122,6 +171,7 @@ func TestServeBinaryInFrontOfSim(t *testing.T) {
 // TestDemoExitVerifiesExport runs the demo with its output redirected (not
 // a terminal): it verifies the export and writes no ANSI colour codes.
 func TestDemoExitVerifiesExport(t *testing.T) {
+	t.Parallel()
 	var out bytes.Buffer
 	var errOut lockedBuffer // the logger writes from several goroutines
 	code := run([]string{"demo", "--exit", "--listen", "127.0.0.1:0", "--patients", "20", "--log-level", "info"}, &out, &errOut)
@@ -158,6 +208,7 @@ func (b *lockedBuffer) String() string {
 
 // TestDemoPortInUse: a taken port gets a hint naming the flag to change.
 func TestDemoPortInUse(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -179,6 +230,7 @@ func TestDemoPortInUse(t *testing.T) {
 }
 
 func TestCommandLine(t *testing.T) {
+	t.Parallel()
 	var out, errOut bytes.Buffer
 	if code := run([]string{"version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "fhir-bulk-proxy ") {
 		t.Errorf("version: %d %q", code, out.String())
@@ -197,6 +249,7 @@ func TestCommandLine(t *testing.T) {
 // variable, and an upstream URL that is a plain web server. It serves
 // anyway, and its log says what is wrong and which FHIR base to use.
 func TestServeStartupMessages(t *testing.T) {
+	t.Parallel()
 	bin := buildBinary(t)
 	const secret = "value-never-logged-42"
 	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

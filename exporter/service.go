@@ -97,6 +97,8 @@ type Service struct {
 
 	// submitMu makes the active-job limits and the job's creation atomic.
 	submitMu sync.Mutex
+
+	queue queueCache // the last Queue snapshot
 }
 
 type run struct {

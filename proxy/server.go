@@ -27,7 +27,8 @@ type Options struct {
 	// PublicURL is the public FHIR base template (may hold the mount's
 	// placeholders); "" builds it from the request's Host and the mount.
 	PublicURL string
-	// RetryAfterMax caps the Retry-After of status responses (default 30s).
+	// RetryAfterMax caps the Retry-After of status responses to running
+	// jobs (default DefaultRetryAfterMax, 5s; queued jobs: three times it).
 	RetryAfterMax time.Duration
 	// RequiresAccessToken is reported in manifests; it is true whenever
 	// Auth is set.

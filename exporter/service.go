@@ -37,7 +37,9 @@ type Options struct {
 	// work unit (default 50).
 	UnitRetryBudget int
 	// MaxActivePerClient bounds the queued and running jobs of one client
-	// (default 1; negative: no bound); MaxActive bounds them in all
+	// (default 1; negative: no bound; jobs without a client, started with
+	// inbound authorization off, are not bound by it); MaxActive bounds
+	// them in all
 	// (default 10; negative: no bound). More kick-offs get ETHROTTLED.
 	MaxActivePerClient int
 	MaxActive          int

@@ -22,6 +22,9 @@ func (s *Service) Submit(ctx context.Context, req Request) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The client waits for these checks: their upstream requests do not
+	// queue behind the running jobs' searches.
+	ctx = Urgent(ctx)
 	members, err := s.checkPatients(ctx, up, &req)
 	if err != nil {
 		return nil, err

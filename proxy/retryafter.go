@@ -11,9 +11,10 @@ import (
 // its export's completion within a few seconds, while polling at most about
 // once every few seconds:
 //
-//   - a running job is told its estimated remaining time (from its own
-//     measured rate of work units: elapsed x units left / units done),
-//     between retryAfterFloor and the cap (export.retry_after, default 5s);
+//   - a running job is told half its estimated remaining time (from its
+//     own measured rate of work units: elapsed x units left / units done;
+//     half, so that an estimate up to twice too long costs no lag), between
+//     retryAfterFloor and the cap (export.retry_after, default 5s);
 //     while the rate is unknown (planning, no unit done yet),
 //     retryAfterUnknown;
 //   - a queued job is told when it is expected to start: from its place in
@@ -84,7 +85,7 @@ func estimateRetryAfter(j *exporter.Job, q *exporter.Queue, now time.Time, maxWa
 	switch j.State {
 	case exporter.StateRunning:
 		if d, ok := remaining(j, now); ok {
-			wait = d
+			wait = d / 2
 		} else {
 			wait = retryAfterUnknown
 		}

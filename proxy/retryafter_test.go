@@ -22,10 +22,12 @@ func TestEstimateRetryAfterRunning(t *testing.T) {
 	}{
 		{"planning: rate unknown", runningJob("a", now.Add(-time.Minute), 0, 0), 0, 2},
 		{"no unit done yet", runningJob("a", now.Add(-time.Minute), 0, 10), 0, 2},
-		// 10 s for 5 of 10 units: 10 s left, capped at 5 s.
-		{"long job capped", runningJob("a", now.Add(-10*time.Second), 5, 10), 0, 5},
-		// 30 s for 9 of 10 units: 3.33 s left, rounded up.
-		{"near the end", runningJob("a", now.Add(-30*time.Second), 9, 10), 0, 4},
+		// 20 s for 5 of 10 units: 20 s left, half of it capped at 5 s.
+		{"long job capped", runningJob("a", now.Add(-20*time.Second), 5, 10), 0, 5},
+		// 60 s for 9 of 10 units: 6.67 s left, half of it rounded up.
+		{"near the end", runningJob("a", now.Add(-60*time.Second), 9, 10), 0, 4},
+		// 30 s for 9 of 10 units: 3.33 s left, half of it rounded up.
+		{"nearer the end", runningJob("a", now.Add(-30*time.Second), 9, 10), 0, 2},
 		// 1 s for 9 of 10: 0.11 s left, the floor.
 		{"fast job floor", runningJob("a", now.Add(-time.Second), 9, 10), 0, 1},
 		{"every unit done, sealing", runningJob("a", now.Add(-time.Minute), 10, 10), 0, 1},

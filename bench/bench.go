@@ -64,6 +64,15 @@ type Options struct {
 	// directory (the current directory must be inside the module).
 	ProxyBinary string
 
+	// LoadExports is the number of concurrent exports of the load
+	// workload (default 50; quick 5), over LoadPatients patients (default
+	// 1000; quick 60), with LoadPassRequests pass-through requests beside
+	// them (default 20000; quick 300). SkipLoad leaves it out.
+	LoadExports      int
+	LoadPatients     int
+	LoadPassRequests int
+	SkipLoad         bool
+
 	// Progress receives one line per step (nil: none).
 	Progress io.Writer
 }
@@ -96,6 +105,15 @@ func (o Options) withDefaults() Options {
 	if o.MemoryPatients[1] <= 0 {
 		o.MemoryPatients[1] = pick(o.Quick, 125, 5128)
 	}
+	if o.LoadExports <= 0 {
+		o.LoadExports = pick(o.Quick, 5, 50)
+	}
+	if o.LoadPatients <= 0 {
+		o.LoadPatients = pick(o.Quick, 60, 1000)
+	}
+	if o.LoadPassRequests <= 0 {
+		o.LoadPassRequests = pick(o.Quick, 300, 20000)
+	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
@@ -112,7 +130,7 @@ func pick(quick bool, q, full int) int {
 // Figure is one reported number with its baseline and goal.
 type Figure struct {
 	// Workload groups figures: "request efficiency", "export speed", "real servers",
-	// "pass-through", "memory", "downloads".
+	// "pass-through", "load", "memory", "downloads".
 	Workload string `json:"workload"`
 	// Name says what was measured.
 	Name string `json:"name"`
@@ -157,6 +175,9 @@ type ReportOptions struct {
 	PassConns           int    `json:"pass_conns"`
 	MemoryPatients      [2]int `json:"memory_patients"`
 	FilterPatients      int    `json:"filter_patients"`
+	LoadExports         int    `json:"load_exports"`
+	LoadPatients        int    `json:"load_patients"`
+	LoadPassRequests    int    `json:"load_pass_requests"`
 }
 
 func (r *Report) add(f Figure) { r.Figures = append(r.Figures, f) }
@@ -176,6 +197,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			Quick: o.Quick, Patients: o.Patients, Latency: o.Latency.String(),
 			UpstreamConcurrency: o.UpstreamConcurrency, PassRequests: o.PassRequests, PassConns: o.PassConns,
 			MemoryPatients: o.MemoryPatients, FilterPatients: o.FilterPatients,
+			LoadExports: o.LoadExports, LoadPatients: o.LoadPatients, LoadPassRequests: o.LoadPassRequests,
 		},
 		Started: time.Now().UTC(),
 	}
@@ -192,6 +214,11 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	progress(o, "pass-through workload: %d requests x %d connections per target", o.PassRequests, o.PassConns)
 	if err := runPassThrough(ctx, o, rep); err != nil {
 		return nil, fmt.Errorf("pass-through workload: %w", err)
+	}
+	if o.SkipLoad {
+		rep.note("load workload skipped")
+	} else if err := runLoadExports(ctx, o, rep); err != nil {
+		return nil, fmt.Errorf("load workload: %w", err)
 	}
 	if o.SkipMemory {
 		rep.note("memory workload skipped")

@@ -68,3 +68,10 @@ func (s *Service) Queue(ctx context.Context) (*Queue, error) {
 	s.queue.snap = q
 	return q, nil
 }
+
+// RunningHere returns the number of jobs this process is running now.
+func (s *Service) RunningHere() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.running)
+}

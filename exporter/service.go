@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -267,6 +268,20 @@ func (s *Service) checkTypes(ctx context.Context, up Upstream, req *Request) (no
 	if err != nil {
 		s.log.Warn().Err(err).Msg("upstream CapabilityStatement unavailable; assuming every type is supported")
 		caps = nil
+	}
+	// Without _type, the types the scopes left out count only where the
+	// export would have covered them.
+	var excluded []string
+	for _, t := range req.ScopeExcluded {
+		if !req.ExplicitTypes && (caps.Declared() && caps.Supports(t) && !caps.NotSearchable[t] ||
+			!caps.Declared() && slices.Contains(USCoreTypes, t)) && s.opts.DefaultTypes.keeps(t) {
+			excluded = append(excluded, t)
+		}
+	}
+	req.ScopeExcluded = excluded
+	if len(excluded) > 0 {
+		notes = append(notes, fmt.Sprintf("the access token's scopes do not permit %s: this export without _type "+
+			"leaves them out", strings.Join(excluded, ", ")))
 	}
 	kept := req.Types[:0:0]
 	for _, t := range req.Types {

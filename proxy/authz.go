@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/auth"
@@ -18,8 +19,9 @@ import (
 // Scopes are SMART system scopes (auth.Scopes.CanRead): system/*.read,
 // system/*.rs, system/Type.read, system/Type.rs and wider. A type named in
 // _type that the scopes do not cover is a 403 naming it; without _type the
-// default types are narrowed to the permitted ones, and a 403 follows when
-// none is left.
+// default types are narrowed to the permitted ones (the others go to
+// req.ScopeExcluded, which the manifest names in a note), and a 403
+// follows when none is left.
 func (h *handlers) authorizeKickoff(r *http.Request, req *exporter.Request) error {
 	if !h.sec.on {
 		req.ClientID = h.gatewayClient(r)
@@ -47,6 +49,12 @@ func (h *handlers) authorizeKickoff(r *http.Request, req *exporter.Request) erro
 		return nil
 	}
 	allowed := id.Scopes.Filter(req.Types)
+	req.ScopeExcluded = nil
+	for _, t := range req.Types {
+		if !slices.Contains(allowed, t) {
+			req.ScopeExcluded = append(req.ScopeExcluded, t)
+		}
+	}
 	if len(allowed) == 0 {
 		return exporter.Errorf(exporter.EFORBIDDEN,
 			"the access token's scopes permit none of the resource types of this export (granted: %q)", id.Scopes.String())

@@ -64,6 +64,7 @@ type loadExport struct {
 	status    string
 	kickoff   time.Duration
 	polls     int // status requests, the final 200 included
+	pollTimes []time.Duration
 	throttled int // polls answered 429
 	seen      time.Time
 	lag       time.Duration // seen minus the job's FinishedAt
@@ -164,12 +165,13 @@ func runLoadExports(ctx context.Context, o Options, rep *Report) error {
 	pass := <-passDone
 	hwm, _ := readHWM(os.Getpid())
 
-	var lags, kicks []time.Duration
+	var lags, kicks, pollTimes []time.Duration
 	var polls, throttled, exact, resources, failed int
 	minRes, maxRes := -1, 0
 	var firstErr error
 	for _, e := range exports {
 		kicks = append(kicks, e.kickoff)
+		pollTimes = append(pollTimes, e.pollTimes...)
 		if e.err != nil {
 			failed++
 			if firstErr == nil {
@@ -188,6 +190,7 @@ func runLoadExports(ctx context.Context, o Options, rep *Report) error {
 		maxRes = max(maxRes, e.resources)
 	}
 	sortDurations(lags)
+	sortDurations(pollTimes)
 	sortDurations(kicks)
 	sortDurations(with2)
 	sortDurations(withN)
@@ -215,6 +218,11 @@ func runLoadExports(ctx context.Context, o Options, rep *Report) error {
 			Detail: fmt.Sprintf("%d polls for %d exports (the final 200 included), %d answered 429",
 				polls, len(lags), throttled)})
 	}
+	if len(pollTimes) > 0 {
+		rep.add(Figure{Workload: w, Name: "status poll latency p99", Value: ms(percentile(pollTimes, 99)), Unit: "ms",
+			Detail: fmt.Sprintf("%d polls, p50 %s, max %s", len(pollTimes), percentile(pollTimes, 50).Round(time.Microsecond),
+				pollTimes[len(pollTimes)-1].Round(time.Millisecond))})
+	}
 	rep.add(Figure{Workload: w, Name: "kick-off p50 with 2 running", Value: ms(percentile(with2, 50)), Unit: "ms",
 		Detail: fmt.Sprintf("%d kick-offs (system _type=Patient and Group/small _type=Patient, each deleted), %s jobs running", len(with2), run2)})
 	rep.add(Figure{Workload: w, Name: "kick-off p99 with 2 running", Value: ms(percentile(with2, 99)), Unit: "ms"})
@@ -240,6 +248,7 @@ func (e *loadExport) follow(ctx context.Context, hc *http.Client, a *app.App, si
 			return err
 		}
 		req.Header.Set("Accept", "application/json")
+		t0 := time.Now()
 		resp, err := hc.Do(req)
 		if err != nil {
 			return err
@@ -249,6 +258,7 @@ func (e *loadExport) follow(ctx context.Context, hc *http.Client, a *app.App, si
 		if err != nil {
 			return err
 		}
+		e.pollTimes = append(e.pollTimes, time.Since(t0))
 		e.polls++
 		switch resp.StatusCode {
 		case http.StatusOK:

@@ -72,6 +72,10 @@ type Options struct {
 	LoadPatients     int
 	LoadPassRequests int
 	SkipLoad         bool
+	// Only, when not empty, runs just that workload: "export" (with the
+	// request efficiency and downloads figures), "real-servers",
+	// "pass-through", "load" or "memory".
+	Only string
 
 	// Progress receives one line per step (nil: none).
 	Progress io.Writer
@@ -203,26 +207,44 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	rep.note("the machine is shared with other work: figures are noisy; the load generator, the proxy and the synthetic upstream share its %d CPUs", rep.Machine.CPUs)
 
-	progress(o, "export workload: Group export of %d patients, upstream latency %s, upstream concurrency cap %d",
-		o.Patients, o.Latency, o.UpstreamConcurrency)
-	if err := runExport(ctx, o, rep); err != nil {
-		return nil, fmt.Errorf("export workload: %w", err)
+	switch o.Only {
+	case "", "export", "real-servers", "pass-through", "load", "memory":
+	default:
+		return nil, fmt.Errorf("unknown workload %q (export, real-servers, pass-through, load or memory)", o.Only)
 	}
-	if err := runManners(ctx, o, rep); err != nil {
-		return nil, fmt.Errorf("real-server workload: %w", err)
+	runs := func(name string) bool { return o.Only == "" || o.Only == name }
+	if runs("export") {
+		progress(o, "export workload: Group export of %d patients, upstream latency %s, upstream concurrency cap %d",
+			o.Patients, o.Latency, o.UpstreamConcurrency)
+		if err := runExport(ctx, o, rep); err != nil {
+			return nil, fmt.Errorf("export workload: %w", err)
+		}
 	}
-	progress(o, "pass-through workload: %d requests x %d connections per target", o.PassRequests, o.PassConns)
-	if err := runPassThrough(ctx, o, rep); err != nil {
-		return nil, fmt.Errorf("pass-through workload: %w", err)
+	if runs("real-servers") {
+		if err := runManners(ctx, o, rep); err != nil {
+			return nil, fmt.Errorf("real-server workload: %w", err)
+		}
 	}
-	if o.SkipLoad {
+	if runs("pass-through") {
+		progress(o, "pass-through workload: %d requests x %d connections per target", o.PassRequests, o.PassConns)
+		if err := runPassThrough(ctx, o, rep); err != nil {
+			return nil, fmt.Errorf("pass-through workload: %w", err)
+		}
+	}
+	switch {
+	case !runs("load"):
+	case o.SkipLoad:
 		rep.note("load workload skipped")
-	} else if err := runLoadExports(ctx, o, rep); err != nil {
-		return nil, fmt.Errorf("load workload: %w", err)
+	default:
+		if err := runLoadExports(ctx, o, rep); err != nil {
+			return nil, fmt.Errorf("load workload: %w", err)
+		}
 	}
-	if o.SkipMemory {
+	switch {
+	case !runs("memory"):
+	case o.SkipMemory:
 		rep.note("memory workload skipped")
-	} else {
+	default:
 		progress(o, "memory workload: %d and %d patients, proxy as a child process", o.MemoryPatients[0], o.MemoryPatients[1])
 		if err := runMemory(ctx, o, rep); err != nil {
 			return nil, fmt.Errorf("memory workload: %w", err)

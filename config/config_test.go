@@ -33,7 +33,7 @@ func TestDefault(t *testing.T) {
 		Log:     LogConfig{Level: "info", Format: "auto"},
 		Export: ExportConfig{
 			BatchSize: 1000, PageSize: 1000, MaxURLLength: 2000, Concurrency: 4, MaxJobs: 2,
-			MaxFileSize: 256 * 1024 * 1024, Retention: 720 * time.Hour, RetryAfter: 5 * time.Second,
+			MaxFileSize: 256 * 1024 * 1024, Retention: 720 * time.Hour, RetryAfter: 4 * time.Second,
 			MaxActivePerClient: 1, MaxActive: 10, PollThrottle: true, SliceSystemExports: true,
 			AdaptiveConcurrency: true, MaxConcurrency: 16, DefaultTypes: "all",
 		},

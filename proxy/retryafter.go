@@ -14,7 +14,7 @@ import (
 //   - a running job is told half its estimated remaining time (from its
 //     own measured rate of work units: elapsed x units left / units done;
 //     half, so that an estimate up to twice too long costs no lag), between
-//     retryAfterFloor and the cap (export.retry_after, default 5s);
+//     retryAfterFloor and the cap (export.retry_after, default 4s);
 //     while the rate is unknown (planning, no unit done yet),
 //     retryAfterUnknown;
 //   - a queued job is told when it is expected to start: from its place in
@@ -22,7 +22,7 @@ import (
 //     retryAfterFloor and queuedCapFactor times the cap.
 const (
 	// DefaultRetryAfterMax is the cap when Options.RetryAfterMax is zero.
-	DefaultRetryAfterMax = 5 * time.Second
+	DefaultRetryAfterMax = 4 * time.Second
 	retryAfterFloor      = time.Second
 	retryAfterUnknown    = 2 * time.Second
 	// queuedCapFactor scales the cap for queued jobs: a queued job cannot

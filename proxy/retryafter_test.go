@@ -22,8 +22,9 @@ func TestEstimateRetryAfterRunning(t *testing.T) {
 	}{
 		{"planning: rate unknown", runningJob("a", now.Add(-time.Minute), 0, 0), 0, 2},
 		{"no unit done yet", runningJob("a", now.Add(-time.Minute), 0, 10), 0, 2},
-		// 20 s for 5 of 10 units: 20 s left, half of it capped at 5 s.
-		{"long job capped", runningJob("a", now.Add(-20*time.Second), 5, 10), 0, 5},
+		// 20 s for 5 of 10 units: 20 s left, half of it capped at 4 s.
+		{"long job capped", runningJob("a", now.Add(-20*time.Second), 5, 10), 0, 4},
+		{"long job, cap 5 s", runningJob("a", now.Add(-20*time.Second), 5, 10), 5 * time.Second, 5},
 		// 60 s for 9 of 10 units: 6.67 s left, half of it rounded up.
 		{"near the end", runningJob("a", now.Add(-60*time.Second), 9, 10), 0, 4},
 		// 30 s for 9 of 10 units: 3.33 s left, half of it rounded up.
@@ -50,7 +51,7 @@ func TestEstimateRetryAfterQueued(t *testing.T) {
 		}
 		return out
 	}
-	// Two slots, both busy: r1 ends in ~2 s (8 s for 8 of 10 units),
+	// Cap 5 s (queued: 15 s). Two slots, both busy: r1 ends in ~2 s (8 s for 8 of 10 units),
 	// r2 in ~6 s (6 s for 5 of 10), each about 10 and 12 s long.
 	running := []*exporter.Job{
 		runningJob("r2", now.Add(-6*time.Second), 5, 10),
@@ -66,7 +67,7 @@ func TestEstimateRetryAfterQueued(t *testing.T) {
 	}
 	for id, w := range want {
 		j := &exporter.Job{ID: id, State: exporter.StateQueued}
-		if got := estimateRetryAfter(j, q, now, 0); got != w {
+		if got := estimateRetryAfter(j, q, now, 5*time.Second); got != w {
 			t.Errorf("%s: Retry-After %d, want %d", id, got, w)
 		}
 	}
@@ -76,7 +77,7 @@ func TestEstimateRetryAfterQueued(t *testing.T) {
 	if got := estimateRetryAfter(q.Queued[0], q, now, 0); got != 1 {
 		t.Errorf("free slot: Retry-After %d, want 1", got)
 	}
-	if got := estimateRetryAfter(q.Queued[1], q, now, 0); got != 6 {
+	if got := estimateRetryAfter(q.Queued[1], q, now, 5*time.Second); got != 6 {
 		t.Errorf("second in line behind r2: Retry-After %d, want 6", got)
 	}
 	// Running jobs without a measured rate count as the cap.

@@ -29,7 +29,7 @@ type Options struct {
 	// placeholders); "" builds it from the request's Host and the mount.
 	PublicURL string
 	// RetryAfterMax caps the Retry-After of status responses to running
-	// jobs (default DefaultRetryAfterMax, 5s; queued jobs: three times it).
+	// jobs (default DefaultRetryAfterMax, 4s; queued jobs: three times it).
 	RetryAfterMax time.Duration
 	// RequiresAccessToken is reported in manifests; it is true whenever
 	// Auth is set.

@@ -186,6 +186,10 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 	if err != nil {
 		return fail(err)
 	}
+	trusted, err := cfg.Auth.TrustedPrefixes()
+	if err != nil {
+		return fail(err)
+	}
 	handler := proxy.NewHandler(proxy.Options{
 		Service:             a.service,
 		PassThrough:         pt,
@@ -193,6 +197,8 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		PublicURL:           cfg.PublicURL,
 		RetryAfterMax:       cfg.Export.RetryAfter,
 		PollThrottle:        cfg.Export.PollThrottle,
+		ClientIDHeader:      cfg.Auth.ClientIDHeader,
+		TrustedProxies:      trusted,
 		RequiresAccessToken: authOpts != nil,
 		Auth:                authOpts,
 		MaxBodyBytes:        cfg.Limits.MaxBodyBytes,

@@ -285,3 +285,18 @@ func (sc scope) render() string {
 	}
 	return s
 }
+
+// withoutConstraints returns s without the resource scopes that carry a
+// query constraint (system/Observation.rs?category=laboratory), and those
+// dropped ones. The built-in token endpoint does not grant them: they
+// permit no whole type, so no kick-off and no download could use them.
+func (s Scopes) withoutConstraints() (kept Scopes, dropped []string) {
+	for _, sc := range s.list {
+		if sc.resource && sc.query != "" {
+			dropped = append(dropped, sc.raw)
+			continue
+		}
+		kept.list = append(kept.list, sc)
+	}
+	return kept, dropped
+}

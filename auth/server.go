@@ -320,9 +320,14 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) (resp *toke
 	if requested.Empty() {
 		return nil, client.id, &oauthError{http.StatusBadRequest, "invalid_scope", "scope is required"}
 	}
-	granted := intersect(requested, client.allowed)
+	granted, constrained := intersect(requested, client.allowed).withoutConstraints()
 	if granted.Empty() {
-		return nil, client.id, &oauthError{http.StatusBadRequest, "invalid_scope", "none of the requested scopes is allowed for this client"}
+		msg := "none of the requested scopes is allowed for this client"
+		if len(constrained) > 0 {
+			msg = "scopes with a query part (" + strings.Join(constrained, " ") + ") are not granted: no export can " +
+				"honour them; ask for whole resource types (system/Observation.rs)"
+		}
+		return nil, client.id, &oauthError{http.StatusBadRequest, "invalid_scope", msg}
 	}
 	tok, err := s.issue(client.id, granted)
 	if err != nil {
@@ -468,7 +473,8 @@ func (a serverAuthenticator) Authenticate(_ context.Context, token string) (*Ide
 // token_endpoint_auth_signing_alg_values_supported ["RS384", "ES384"],
 // grant_types_supported ["client_credentials"], scopes_supported
 // ["system/*.read", "system/*.rs"] and capabilities
-// ["client-confidential-asymmetric"]. Entries of extra are added and
+// ["client-confidential-asymmetric", "permission-v1", "permission-v2"]
+// (scopes are taken in both SMART syntaxes). Entries of extra are added and
 // override the defaults (e.g. "jwks_uri", "issuer"). There is no
 // authorization endpoint (Backend Services only), so no
 // response_types_supported or PKCE entries are advertised by default.
@@ -479,7 +485,7 @@ func SmartConfiguration(tokenURL string, extra map[string]any) map[string]any {
 		"token_endpoint_auth_signing_alg_values_supported": []string{"RS384", "ES384"},
 		"grant_types_supported":                            []string{grantClientCredentials},
 		"scopes_supported":                                 []string{"system/*.read", "system/*.rs"},
-		"capabilities":                                     []string{"client-confidential-asymmetric"},
+		"capabilities":                                     []string{"client-confidential-asymmetric", "permission-v1", "permission-v2"},
 	}
 	for k, v := range extra {
 		doc[k] = v

@@ -64,6 +64,19 @@ type Options struct {
 	// directory (the current directory must be inside the module).
 	ProxyBinary string
 
+	// LoadExports is the number of concurrent exports of the load
+	// workload (default 50; quick 5), over LoadPatients patients (default
+	// 1000; quick 60), with LoadPassRequests pass-through requests beside
+	// them (default 20000; quick 300). SkipLoad leaves it out.
+	LoadExports      int
+	LoadPatients     int
+	LoadPassRequests int
+	SkipLoad         bool
+	// Only, when not empty, runs just that workload: "export" (with the
+	// request efficiency and downloads figures), "real-servers",
+	// "pass-through", "load" or "memory".
+	Only string
+
 	// Progress receives one line per step (nil: none).
 	Progress io.Writer
 }
@@ -96,6 +109,15 @@ func (o Options) withDefaults() Options {
 	if o.MemoryPatients[1] <= 0 {
 		o.MemoryPatients[1] = pick(o.Quick, 125, 5128)
 	}
+	if o.LoadExports <= 0 {
+		o.LoadExports = pick(o.Quick, 5, 50)
+	}
+	if o.LoadPatients <= 0 {
+		o.LoadPatients = pick(o.Quick, 60, 1000)
+	}
+	if o.LoadPassRequests <= 0 {
+		o.LoadPassRequests = pick(o.Quick, 300, 20000)
+	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
@@ -112,7 +134,7 @@ func pick(quick bool, q, full int) int {
 // Figure is one reported number with its baseline and goal.
 type Figure struct {
 	// Workload groups figures: "request efficiency", "export speed", "real servers",
-	// "pass-through", "memory", "downloads".
+	// "pass-through", "load", "memory", "downloads".
 	Workload string `json:"workload"`
 	// Name says what was measured.
 	Name string `json:"name"`
@@ -157,6 +179,9 @@ type ReportOptions struct {
 	PassConns           int    `json:"pass_conns"`
 	MemoryPatients      [2]int `json:"memory_patients"`
 	FilterPatients      int    `json:"filter_patients"`
+	LoadExports         int    `json:"load_exports"`
+	LoadPatients        int    `json:"load_patients"`
+	LoadPassRequests    int    `json:"load_pass_requests"`
 }
 
 func (r *Report) add(f Figure) { r.Figures = append(r.Figures, f) }
@@ -176,26 +201,50 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			Quick: o.Quick, Patients: o.Patients, Latency: o.Latency.String(),
 			UpstreamConcurrency: o.UpstreamConcurrency, PassRequests: o.PassRequests, PassConns: o.PassConns,
 			MemoryPatients: o.MemoryPatients, FilterPatients: o.FilterPatients,
+			LoadExports: o.LoadExports, LoadPatients: o.LoadPatients, LoadPassRequests: o.LoadPassRequests,
 		},
 		Started: time.Now().UTC(),
 	}
 	rep.note("the machine is shared with other work: figures are noisy; the load generator, the proxy and the synthetic upstream share its %d CPUs", rep.Machine.CPUs)
 
-	progress(o, "export workload: Group export of %d patients, upstream latency %s, upstream concurrency cap %d",
-		o.Patients, o.Latency, o.UpstreamConcurrency)
-	if err := runExport(ctx, o, rep); err != nil {
-		return nil, fmt.Errorf("export workload: %w", err)
+	switch o.Only {
+	case "", "export", "real-servers", "pass-through", "load", "memory":
+	default:
+		return nil, fmt.Errorf("unknown workload %q (export, real-servers, pass-through, load or memory)", o.Only)
 	}
-	if err := runManners(ctx, o, rep); err != nil {
-		return nil, fmt.Errorf("real-server workload: %w", err)
+	runs := func(name string) bool { return o.Only == "" || o.Only == name }
+	if runs("export") {
+		progress(o, "export workload: Group export of %d patients, upstream latency %s, upstream concurrency cap %d",
+			o.Patients, o.Latency, o.UpstreamConcurrency)
+		if err := runExport(ctx, o, rep); err != nil {
+			return nil, fmt.Errorf("export workload: %w", err)
+		}
 	}
-	progress(o, "pass-through workload: %d requests x %d connections per target", o.PassRequests, o.PassConns)
-	if err := runPassThrough(ctx, o, rep); err != nil {
-		return nil, fmt.Errorf("pass-through workload: %w", err)
+	if runs("real-servers") {
+		if err := runManners(ctx, o, rep); err != nil {
+			return nil, fmt.Errorf("real-server workload: %w", err)
+		}
 	}
-	if o.SkipMemory {
+	if runs("pass-through") {
+		progress(o, "pass-through workload: %d requests x %d connections per target", o.PassRequests, o.PassConns)
+		if err := runPassThrough(ctx, o, rep); err != nil {
+			return nil, fmt.Errorf("pass-through workload: %w", err)
+		}
+	}
+	switch {
+	case !runs("load"):
+	case o.SkipLoad:
+		rep.note("load workload skipped")
+	default:
+		if err := runLoadExports(ctx, o, rep); err != nil {
+			return nil, fmt.Errorf("load workload: %w", err)
+		}
+	}
+	switch {
+	case !runs("memory"):
+	case o.SkipMemory:
 		rep.note("memory workload skipped")
-	} else {
+	default:
 		progress(o, "memory workload: %d and %d patients, proxy as a child process", o.MemoryPatients[0], o.MemoryPatients[1])
 		if err := runMemory(ctx, o, rep); err != nil {
 			return nil, fmt.Errorf("memory workload: %w", err)

@@ -137,6 +137,7 @@ func TestRunSmall(t *testing.T) {
 	o := Options{
 		Quick: true, Patients: 20, Latency: time.Millisecond, PassRequests: 200, PassConns: 4,
 		MemoryPatients: [2]int{5, 10}, NginxPath: "none",
+		LoadExports: 3, LoadPatients: 30, LoadPassRequests: 100,
 	}
 	if testing.Short() {
 		o.SkipMemory = true
@@ -171,6 +172,15 @@ func TestRunSmall(t *testing.T) {
 	}
 	if f := byName["fhir-bulk-proxy req/s / nginx req/s"]; f.Met != nil || !strings.HasPrefix(f.Detail, "not measured") {
 		t.Errorf("nginx skipped yet reported %+v", f)
+	}
+	if f := byName["exports exact (of 3 concurrent)"]; f.Met == nil || !*f.Met {
+		t.Errorf("load workload exactness %+v", f)
+	}
+	if f := byName["errors"]; f.Met == nil || !*f.Met {
+		t.Errorf("load workload errors %+v", f)
+	}
+	if f := byName["status polls per export"]; f.Value < 1 {
+		t.Errorf("load workload polls %+v", f)
 	}
 	if !o.SkipMemory {
 		if f := byName["peak RSS larger / smaller export"]; f.Value <= 0 {

@@ -23,6 +23,12 @@ import (
 // loopback port and a temporary data directory. The returned stop shuts it
 // down and removes the directory.
 func startProxy(ctx context.Context, upstream string, concurrency int) (*app.App, func(), error) {
+	return startProxyWith(ctx, upstream, concurrency, nil)
+}
+
+// startProxyWith is startProxy with the configuration changed by mod (nil:
+// none) before it is validated.
+func startProxyWith(ctx context.Context, upstream string, concurrency int, mod func(*config.Config)) (*app.App, func(), error) {
 	dir, err := os.MkdirTemp("", "fbp-bench-")
 	if err != nil {
 		return nil, nil, err
@@ -34,6 +40,9 @@ func startProxy(ctx context.Context, upstream string, concurrency int) (*app.App
 	cfg.DataDir = dir
 	if concurrency > 0 {
 		cfg.Export.Concurrency = concurrency
+	}
+	if mod != nil {
+		mod(&cfg)
 	}
 	if err := cfg.Validate(); err != nil {
 		os.RemoveAll(dir)

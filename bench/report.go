@@ -24,8 +24,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "machine: %d CPUs (GOMAXPROCS %d), %s, %d MiB, %s, %s\n",
 		m.CPUs, m.GOMAXPROCS, orUnknown(m.CPUModel), m.MemTotalMB, m.GoVersion, m.OS)
 	o := r.Options
-	fmt.Fprintf(w, "options: quick=%t patients=%d latency=%s upstream-concurrency=%d pass-through=%dx%d conns memory=%d,%d patients\n\n",
-		o.Quick, o.Patients, o.Latency, o.UpstreamConcurrency, o.PassRequests, o.PassConns, o.MemoryPatients[0], o.MemoryPatients[1])
+	fmt.Fprintf(w, "options: quick=%t patients=%d latency=%s upstream-concurrency=%d pass-through=%dx%d conns memory=%d,%d patients load=%d exports of %d patients\n\n",
+		o.Quick, o.Patients, o.Latency, o.UpstreamConcurrency, o.PassRequests, o.PassConns, o.MemoryPatients[0], o.MemoryPatients[1],
+		o.LoadExports, o.LoadPatients)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKLOAD\tFIGURE\tVALUE\tGOAL\tMET\tDETAIL")
 	for _, f := range r.Figures {

@@ -106,7 +106,7 @@ type ExportConfig struct {
 	MaxFileSize int64 `yaml:"max_file_size" usage:"split output files at about this size: bytes, 256MiB, 100MB, 1GiB"`
 	// Retention is how long finished jobs and their files are kept. Default 720h (30 days).
 	Retention time.Duration `yaml:"retention" usage:"how long finished jobs and their files are kept: 720h, 30d"`
-	// RetryAfter is the longest Retry-After sent to status polls. Default 30s.
+	// RetryAfter is the longest Retry-After sent to status polls. Default 4s (queued jobs: up to three times it).
 	RetryAfter time.Duration `yaml:"retry_after" usage:"longest Retry-After sent to status polls"`
 	// MaxActivePerClient bounds the queued and running exports of one
 	// client; more kick-offs get 429. 0: no bound. Default 1.

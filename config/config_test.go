@@ -33,7 +33,7 @@ func TestDefault(t *testing.T) {
 		Log:     LogConfig{Level: "info", Format: "auto"},
 		Export: ExportConfig{
 			BatchSize: 1000, PageSize: 1000, MaxURLLength: 2000, Concurrency: 4, MaxJobs: 2,
-			MaxFileSize: 256 * 1024 * 1024, Retention: 720 * time.Hour, RetryAfter: 30 * time.Second,
+			MaxFileSize: 256 * 1024 * 1024, Retention: 720 * time.Hour, RetryAfter: 4 * time.Second,
 			MaxActivePerClient: 1, MaxActive: 10, PollThrottle: true, SliceSystemExports: true,
 			AdaptiveConcurrency: true, MaxConcurrency: 16, DefaultTypes: "all",
 		},
@@ -106,6 +106,8 @@ func TestOptionNames(t *testing.T) {
 		"auth.token_url":                        {"FBP_AUTH_TOKEN_URL", "auth-token-url"},
 		"auth.clients":                          {"FBP_AUTH_CLIENTS", "auth-clients"},
 		"auth.token_ttl":                        {"FBP_AUTH_TOKEN_TTL", "auth-token-ttl"},
+		"auth.client_id_header":                 {"FBP_AUTH_CLIENT_ID_HEADER", "auth-client-id-header"},
+		"auth.trusted_proxies":                  {"FBP_AUTH_TRUSTED_PROXIES", "auth-trusted-proxies"},
 		"upstream_auth.mode":                    {"FBP_UPSTREAM_AUTH_MODE", "upstream-auth-mode"},
 		"upstream_auth.token":                   {"FBP_UPSTREAM_AUTH_TOKEN", "upstream-auth-token"},
 		"upstream_auth.token_url":               {"FBP_UPSTREAM_AUTH_TOKEN_URL", "upstream-auth-token-url"},

@@ -38,7 +38,7 @@ func Default() Config {
 			MaxJobs:             2,
 			MaxFileSize:         256 << 20,
 			Retention:           30 * 24 * time.Hour,
-			RetryAfter:          30 * time.Second,
+			RetryAfter:          4 * time.Second,
 
 			MaxActivePerClient: 1,
 			MaxActive:          10,

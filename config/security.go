@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -87,6 +88,39 @@ type AuthConfig struct {
 	// TokenTTL is the lifetime of tokens the built-in server issues; at
 	// most 300s. Default 300s.
 	TokenTTL time.Duration `yaml:"token_ttl" usage:"smart-builtin: access token lifetime, at most 300s"`
+	// ClientIDHeader names a request header that a trusted gateway sets to
+	// the caller's identity (mode none only): it is the client of the
+	// export for max_active_per_client and for the job ownership checks
+	// (status, delete and files only for the client that started the
+	// job). It is read only from TrustedProxies; "" (default): every
+	// caller is anonymous, and the per-client limit does not apply.
+	ClientIDHeader string `yaml:"client_id_header" usage:"none: request header a trusted gateway sets to the caller's client id"`
+	// TrustedProxies are the addresses (IPs or CIDRs, comma separated)
+	// whose ClientIDHeader is believed; required with ClientIDHeader.
+	TrustedProxies string `yaml:"trusted_proxies" usage:"none: comma-separated IPs or CIDRs of the gateways whose client_id_header is trusted"`
+}
+
+// TrustedPrefixes parses TrustedProxies: every entry an IP (a one-address
+// prefix) or a CIDR.
+func (a AuthConfig) TrustedPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(a.TrustedProxies, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		ip, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither an IP address nor a CIDR", f)
+		}
+		ip = ip.Unmap()
+		out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+	}
+	return out, nil
 }
 
 // AuthClient is a client registered with the built-in authorization server.
@@ -281,6 +315,18 @@ func (c *Config) validateSecurity() []error {
 			add("%s must be an absolute http or https URL without placeholders", key)
 		}
 	}
+	a.ClientIDHeader = strings.TrimSpace(a.ClientIDHeader)
+	if a.ClientIDHeader != "" && a.Mode != AuthNone {
+		add("auth.client_id_header is only used with auth.mode none (with tokens, the client is the token's)")
+	}
+	if a.ClientIDHeader != "" && !validHeaderName(a.ClientIDHeader) {
+		add("auth.client_id_header %q is not a valid header name", a.ClientIDHeader)
+	}
+	if prefixes, err := a.TrustedPrefixes(); err != nil {
+		add("auth.trusted_proxies: %v", err)
+	} else if a.ClientIDHeader != "" && len(prefixes) == 0 {
+		add("auth.trusted_proxies is required with auth.client_id_header: the header is believed only from those addresses")
+	}
 	switch a.Mode {
 	case AuthNone:
 	case AuthSMARTExternal:
@@ -385,4 +431,19 @@ func (c *Config) validateSecurity() []error {
 		}
 	}
 	return errs
+}
+
+// validHeaderName reports whether s is an HTTP header field name (RFC 9110
+// token).
+func validHeaderName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return s != ""
 }

@@ -110,6 +110,10 @@ type Request struct {
 	// Ignored lists what a lenient kick-off ignored; each becomes one
 	// OperationOutcome line in the manifest's error file.
 	Ignored []string `json:"ignored,omitempty"`
+	// ScopeExcluded lists the types an export without _type would have
+	// covered that the access token's scopes do not permit; the manifest
+	// names them in a note.
+	ScopeExcluded []string `json:"scopeExcluded,omitempty"`
 	// ClientID is the identity of the client that started the job ("" while
 	// inbound authorization is off).
 	ClientID string `json:"clientId,omitempty"`
@@ -209,6 +213,7 @@ func (j *Job) Clone() *Job {
 	c := *j
 	c.Request.Types = append([]string(nil), j.Request.Types...)
 	c.Request.Ignored = append([]string(nil), j.Request.Ignored...)
+	c.Request.ScopeExcluded = append([]string(nil), j.Request.ScopeExcluded...)
 	c.Request.Patients = append([]string(nil), j.Request.Patients...)
 	c.Request.Members = append([]string(nil), j.Request.Members...)
 	c.Request.Elements = append([]string(nil), j.Request.Elements...)

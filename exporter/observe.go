@@ -162,3 +162,17 @@ func (s *Service) Cancel(ctx context.Context, id, reason string) error {
 	}
 	return Errorf(ECONFLICT, "job %s is changing state; try again", id)
 }
+
+// urgentKey marks contexts of upstream requests a client is waiting for.
+type urgentKey struct{}
+
+// Urgent marks ctx as carrying upstream requests that a client waits for
+// (the checks of a kick-off): the upstream client sends them on a lane of
+// their own instead of queueing them behind the export jobs' searches.
+func Urgent(ctx context.Context) context.Context { return context.WithValue(ctx, urgentKey{}, true) }
+
+// IsUrgent reports whether ctx was marked by Urgent.
+func IsUrgent(ctx context.Context) bool {
+	v, _ := ctx.Value(urgentKey{}).(bool)
+	return v
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,7 +38,9 @@ type Options struct {
 	// work unit (default 50).
 	UnitRetryBudget int
 	// MaxActivePerClient bounds the queued and running jobs of one client
-	// (default 1; negative: no bound); MaxActive bounds them in all
+	// (default 1; negative: no bound; jobs without a client, started with
+	// inbound authorization off, are not bound by it); MaxActive bounds
+	// them in all
 	// (default 10; negative: no bound). More kick-offs get ETHROTTLED.
 	MaxActivePerClient int
 	MaxActive          int
@@ -97,6 +100,8 @@ type Service struct {
 
 	// submitMu makes the active-job limits and the job's creation atomic.
 	submitMu sync.Mutex
+
+	queue queueCache // the last Queue snapshot
 }
 
 type run struct {
@@ -263,6 +268,20 @@ func (s *Service) checkTypes(ctx context.Context, up Upstream, req *Request) (no
 	if err != nil {
 		s.log.Warn().Err(err).Msg("upstream CapabilityStatement unavailable; assuming every type is supported")
 		caps = nil
+	}
+	// Without _type, the types the scopes left out count only where the
+	// export would have covered them.
+	var excluded []string
+	for _, t := range req.ScopeExcluded {
+		if !req.ExplicitTypes && (caps.Declared() && caps.Supports(t) && !caps.NotSearchable[t] ||
+			!caps.Declared() && slices.Contains(USCoreTypes, t)) && s.opts.DefaultTypes.keeps(t) {
+			excluded = append(excluded, t)
+		}
+	}
+	req.ScopeExcluded = excluded
+	if len(excluded) > 0 {
+		notes = append(notes, fmt.Sprintf("the access token's scopes do not permit %s: this export without _type "+
+			"leaves them out", strings.Join(excluded, ", ")))
 	}
 	kept := req.Types[:0:0]
 	for _, t := range req.Types {

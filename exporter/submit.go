@@ -22,6 +22,9 @@ func (s *Service) Submit(ctx context.Context, req Request) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The client waits for these checks: their upstream requests do not
+	// queue behind the running jobs' searches.
+	ctx = Urgent(ctx)
 	members, err := s.checkPatients(ctx, up, &req)
 	if err != nil {
 		return nil, err
@@ -78,7 +81,10 @@ func (s *Service) checkActive(ctx context.Context, clientID string) error {
 			mine++
 		}
 	}
-	if s.opts.MaxActivePerClient >= 0 && mine >= s.opts.MaxActivePerClient {
+	// Without a client identity (inbound authorization off and no
+	// gateway header) every caller would be the same client: the
+	// per-client limit then does not apply, only MaxActive.
+	if clientID != "" && s.opts.MaxActivePerClient >= 0 && mine >= s.opts.MaxActivePerClient {
 		return Errorf(ETHROTTLED, "this client already has %d export(s) in progress (at most %d); wait for it to finish or delete it", mine, s.opts.MaxActivePerClient)
 	}
 	if s.opts.MaxActive >= 0 && len(active) >= s.opts.MaxActive {

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"net/http"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/auth"
@@ -17,10 +19,12 @@ import (
 // Scopes are SMART system scopes (auth.Scopes.CanRead): system/*.read,
 // system/*.rs, system/Type.read, system/Type.rs and wider. A type named in
 // _type that the scopes do not cover is a 403 naming it; without _type the
-// default types are narrowed to the permitted ones, and a 403 follows when
-// none is left.
+// default types are narrowed to the permitted ones (the others go to
+// req.ScopeExcluded, which the manifest names in a note), and a 403
+// follows when none is left.
 func (h *handlers) authorizeKickoff(r *http.Request, req *exporter.Request) error {
 	if !h.sec.on {
+		req.ClientID = h.gatewayClient(r)
 		return nil
 	}
 	id, ok := auth.FromContext(r.Context())
@@ -45,6 +49,12 @@ func (h *handlers) authorizeKickoff(r *http.Request, req *exporter.Request) erro
 		return nil
 	}
 	allowed := id.Scopes.Filter(req.Types)
+	req.ScopeExcluded = nil
+	for _, t := range req.Types {
+		if !slices.Contains(allowed, t) {
+			req.ScopeExcluded = append(req.ScopeExcluded, t)
+		}
+	}
 	if len(allowed) == 0 {
 		return exporter.Errorf(exporter.EFORBIDDEN,
 			"the access token's scopes permit none of the resource types of this export (granted: %q)", id.Scopes.String())
@@ -56,11 +66,12 @@ func (h *handlers) authorizeKickoff(r *http.Request, req *exporter.Request) erro
 // owns reports whether the caller may see a job (status, delete, files):
 // only the client that started it, once inbound authorization is on. A job
 // the caller may not see answers 404, never 403, so that job ids leak
-// nothing. With authorization off, only jobs started while it was off (no
-// client) are visible.
+// nothing. With authorization off, the client is the one a trusted
+// gateway names (gatewayClient), or nobody: anonymous callers see the jobs
+// started anonymously, never those of a named client or of a token.
 func (h *handlers) owns(r *http.Request, j *exporter.Job) bool {
 	if !h.sec.on {
-		return j.Request.ClientID == ""
+		return j.Request.ClientID == h.gatewayClient(r)
 	}
 	id, ok := auth.FromContext(r.Context())
 	return ok && id.ClientID != "" && j.Request.ClientID == id.ClientID
@@ -77,4 +88,40 @@ func (h *handlers) mayRead(r *http.Request, f exporter.File) bool {
 	}
 	id, ok := auth.FromContext(r.Context())
 	return ok && id.Scopes.CanRead(f.Type)
+}
+
+// GatewayClientPrefix starts the client ids taken from the gateway's
+// header, so that they never equal the client id of an access token (jobs
+// started while tokens were required stay out of reach).
+const GatewayClientPrefix = "gateway:"
+
+// gatewayClient returns the client a trusted gateway names in the
+// configured header ("gateway:" + its value), or "" (anonymous) when no
+// header is configured, the request does not come from a trusted address,
+// or the header is absent or empty.
+func (h *handlers) gatewayClient(r *http.Request) string {
+	if h.clientHeader == "" {
+		return ""
+	}
+	v := strings.TrimSpace(r.Header.Get(h.clientHeader))
+	if v == "" || !h.fromTrustedProxy(r) {
+		return ""
+	}
+	return GatewayClientPrefix + v
+}
+
+// fromTrustedProxy reports whether the request's peer address is one of
+// the trusted proxies.
+func (h *handlers) fromTrustedProxy(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range h.trustedProxies {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

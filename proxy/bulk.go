@@ -165,6 +165,7 @@ func (h *handlers) status(c *gin.Context) {
 	now := time.Now()
 	switch job.State {
 	case exporter.StateQueued, exporter.StateRunning:
+		retryAfter := h.retryAfter(c, job, now)
 		if h.polls != nil {
 			if early := h.polls.early(job.ID, now); early > 0 {
 				// About the status request itself: a real 429 either way.
@@ -173,10 +174,10 @@ func (h *handlers) status(c *gin.Context) {
 					"status polled before the Retry-After of the previous answer; wait and poll again")
 				return
 			}
-			defer h.polls.told(job.ID, now, time.Duration(h.retryAfter(job))*time.Second)
+			defer h.polls.told(job.ID, now, time.Duration(retryAfter)*time.Second)
 		}
 		w.Header().Set("X-Progress", truncate(xProgress(job), 99))
-		w.Header().Set("Retry-After", strconv.Itoa(h.retryAfter(job)))
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
 		w.Header().Set("Cache-Control", "no-store")
 		if job.Request.PartialManifests {
 			if job, err := h.svc.PublishPartial(c.Request.Context(), job); err == nil && len(job.Pages) > 0 {
@@ -254,24 +255,18 @@ func writeManifest(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(body)
 }
 
-// retryAfter suggests when to poll next, in seconds: about a third of the
-// estimated remaining time, between 1 second and the configured maximum.
-func (h *handlers) retryAfter(j *exporter.Job) int {
-	maxWait := h.retryAfterMax
-	if maxWait < time.Second {
-		maxWait = 30 * time.Second
-	}
-	wait := time.Second
-	if j.State == exporter.StateRunning && !j.StartedAt.IsZero() {
-		elapsed := time.Since(j.StartedAt)
-		if pc := j.Progress.Percent(); pc > 0 {
-			wait = elapsed * time.Duration(100-pc) / time.Duration(pc) / 3
-		} else {
-			wait = elapsed / 4
+// retryAfter suggests when to poll job next, in seconds (see
+// estimateRetryAfter); queued jobs are placed in a snapshot of the queue.
+func (h *handlers) retryAfter(c *gin.Context, job *exporter.Job, now time.Time) int {
+	var q *exporter.Queue
+	if job.State == exporter.StateQueued {
+		var err error
+		if q, err = h.svc.Queue(c.Request.Context()); err != nil {
+			h.log.Debug().Err(err).Msg("queue snapshot for Retry-After")
+			q = nil
 		}
 	}
-	wait = min(max(wait, time.Second), maxWait)
-	return int((wait + time.Second - 1) / time.Second)
+	return estimateRetryAfter(job, q, now, h.retryAfterMax)
 }
 
 // xProgress is the X-Progress of a queued or running job: "queued";

@@ -7,6 +7,7 @@ package proxy
 import (
 	"errors"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -27,7 +28,8 @@ type Options struct {
 	// PublicURL is the public FHIR base template (may hold the mount's
 	// placeholders); "" builds it from the request's Host and the mount.
 	PublicURL string
-	// RetryAfterMax caps the Retry-After of status responses (default 30s).
+	// RetryAfterMax caps the Retry-After of status responses to running
+	// jobs (default DefaultRetryAfterMax, 4s; queued jobs: three times it).
 	RetryAfterMax time.Duration
 	// RequiresAccessToken is reported in manifests; it is true whenever
 	// Auth is set.
@@ -35,6 +37,12 @@ type Options struct {
 	// Auth turns on inbound authorization of the bulk data routes; nil:
 	// off (anyone may export).
 	Auth *Auth
+	// ClientIDHeader, with Auth nil, names the header a trusted gateway
+	// sets to the caller's identity: the job's client for the per-client
+	// limit and the ownership checks. It is believed only from
+	// TrustedProxies. "": every caller is anonymous.
+	ClientIDHeader string
+	TrustedProxies []netip.Prefix
 	// PollThrottle answers 429 to status polls that come well before the
 	// Retry-After the previous poll was given.
 	PollThrottle bool
@@ -89,6 +97,8 @@ type handlers struct {
 	cohorts             *cohort.Service // nil: no cohort routes
 	holdMemberLists     bool
 	pt                  http.Handler
+	clientHeader        string // gateway's client id header; "": none
+	trustedProxies      []netip.Prefix
 }
 
 // NewHandler returns the proxy's HTTP handler: bulk routes under the mount,
@@ -100,6 +110,9 @@ func NewHandler(o Options) http.Handler {
 		sec: newSecurity(o.Auth), maxBody: o.MaxBodyBytes, maxHeader: o.MaxHeaderBytes, log: o.Logger,
 		metrics: o.Metrics, quiet: map[string]bool{}, ids: NewRequestIDs(),
 		cohorts: o.Cohorts, holdMemberLists: o.HoldMemberLists, pt: o.PassThrough,
+	}
+	if o.Auth == nil {
+		h.clientHeader, h.trustedProxies = o.ClientIDHeader, o.TrustedProxies
 	}
 	if h.maxBody <= 0 {
 		h.maxBody = DefaultMaxBodyBytes

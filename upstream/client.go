@@ -38,6 +38,8 @@ const (
 	DefaultBackoffBase           = 200 * time.Millisecond
 	DefaultBackoffMax            = 10 * time.Second
 	DefaultCapabilitiesTTL       = 10 * time.Minute
+	// DefaultUrgentLane is Options.UrgentLane when zero.
+	DefaultUrgentLane = 2
 	// MaxRetryAfter caps the wait a Retry-After header can impose.
 	MaxRetryAfter = 2 * time.Minute
 )
@@ -98,6 +100,12 @@ type Options struct {
 	Credentials Credentials
 	// Metrics receives per-attempt counters and latencies (nil: none).
 	Metrics *metrics.Metrics
+	// UrgentLane is the number of requests marked exporter.Urgent (the
+	// checks of a kick-off, which a client waits for) that may be in
+	// flight beside the bound of Adaptive, Limiter or Concurrency, so that
+	// they never queue behind export searches (default 2; negative: none,
+	// urgent requests share the bound).
+	UrgentLane int
 	// Adaptive, when not nil, bounds the requests in flight instead of
 	// Limiter and Concurrency: an AIMD limit that follows the upstream's
 	// answers (see Adaptive). It may be shared by several Clients.
@@ -121,7 +129,8 @@ type Client struct {
 	baseStr  string
 	hc       *http.Client
 	sem      chan struct{}
-	adaptive *Adaptive // nil: sem bounds the requests
+	urgent   chan struct{} // nil: urgent requests share sem or adaptive
+	adaptive *Adaptive     // nil: sem bounds the requests
 	metrics  *metrics.Metrics
 	header   http.Header
 	secrets  []string // header values to scrub from error excerpts
@@ -200,6 +209,13 @@ func New(o Options) (*Client, error) {
 			n = DefaultConcurrency
 		}
 		c.sem = make(chan struct{}, n)
+	}
+
+	switch {
+	case o.UrgentLane == 0:
+		c.urgent = make(chan struct{}, DefaultUrgentLane)
+	case o.UrgentLane > 0:
+		c.urgent = make(chan struct{}, o.UrgentLane)
 	}
 
 	c.header = http.Header{}

@@ -83,12 +83,22 @@ func (c *Client) attempt(ctx context.Context, r *request, decode func(*bodyReade
 	}
 	var status int
 	var latency time.Duration
-	if c.adaptive != nil {
+	switch {
+	case c.urgent != nil && exporter.IsUrgent(ctx):
+		// A client waits for it: its own lane, past the export searches
+		// queued for the shared bound (and the adaptive limit's holds).
+		select {
+		case c.urgent <- struct{}{}:
+		case <-ctx.Done():
+			return failure{ctxErr(ctx, r.what), false, -1}
+		}
+		defer func() { <-c.urgent }()
+	case c.adaptive != nil:
 		if c.adaptive.Acquire(ctx) != nil {
 			return failure{ctxErr(ctx, r.what), false, -1}
 		}
 		defer func() { c.adaptive.Release(outcomeOf(f, status, latency)) }()
-	} else {
+	default:
 		select {
 		case c.sem <- struct{}{}:
 		case <-ctx.Done():

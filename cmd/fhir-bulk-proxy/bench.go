@@ -26,6 +26,11 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.PassConns, "pass-conns", 0, "concurrent keep-alive connections of the load generator (default 16)")
 	fs.StringVar(&o.NginxPath, "nginx", "", `nginx binary for the pass-through comparison (default /usr/sbin/nginx; "none" skips it)`)
 	fs.BoolVar(&o.SkipMemory, "skip-memory", false, "leave out the memory workload")
+	fs.IntVar(&o.LoadExports, "load-exports", 0, "concurrent exports of the load workload (default 50; --quick 5)")
+	fs.IntVar(&o.LoadPatients, "load-patients", 0, "upstream patients of the load workload (default 1000; --quick 60)")
+	fs.IntVar(&o.LoadPassRequests, "load-pass-requests", 0, "pass-through requests beside the load workload's exports (default 20000; --quick 300)")
+	fs.BoolVar(&o.SkipLoad, "skip-load", false, "leave out the load workload")
+	fs.StringVar(&o.Only, "only", "", "run just one workload: export, real-servers, pass-through, load or memory")
 	fs.StringVar(&o.ProxyBinary, "proxy-binary", "", "fhir-bulk-proxy binary for the memory workload (default: this executable)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {

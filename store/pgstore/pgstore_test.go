@@ -3,6 +3,7 @@ package pgstore_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -115,21 +116,10 @@ func TestOpenErrorHidesPassword(t *testing.T) {
 		if err == nil {
 			t.Fatalf("%s: no error", url)
 		}
-		if s := err.Error(); contains(s, "s3cr3t-pw") {
+		if s := err.Error(); strings.Contains(s, "s3cr3t-pw") {
 			t.Errorf("error shows the password: %s", s)
 		}
 	}
-}
-
-func contains(s, sub string) bool { return len(sub) > 0 && len(s) >= len(sub) && (s == sub || index(s, sub) >= 0) }
-
-func index(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
 }
 
 func TestCohorts(t *testing.T) {

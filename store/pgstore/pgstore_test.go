@@ -174,3 +174,8 @@ func TestCohorts(t *testing.T) {
 		t.Fatalf("jobs: %v %v", jobs, err)
 	}
 }
+
+// TestLeases runs the lease suite against PostgreSQL.
+func TestLeases(t *testing.T) {
+	storetest.RunLeases(t, func(t *testing.T) storetest.LeaseStore { return open(t, pgtest.URL(t)) })
+}

@@ -199,6 +199,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		Auth:                authOpts,
 		MaxBodyBytes:        cfg.Limits.MaxBodyBytes,
 		MaxHeaderBytes:      cfg.Limits.MaxHeaderBytes,
+		FileRedirect:        a.fileRedirect(),
 		Logger:              log,
 		Metrics:             a.metrics,
 		Routes:              routes,

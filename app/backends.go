@@ -14,6 +14,7 @@ import (
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/cohort"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/config"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/proxy"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/store"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/store/pgstore"
 )
@@ -90,4 +91,15 @@ func openFiles(cfg config.Config, log zerolog.Logger) (fileStore, *s3blobs.S3, e
 	}
 	ev.Msg("export files: S3")
 	return s, s, nil
+}
+
+// fileRedirect returns the proxy's FileRedirect: presigned S3 URLs when
+// files.redirect is presigned, else nil (downloads stream).
+func (a *App) fileRedirect() func(ctx context.Context, key string) (string, error) {
+	if a.cfg.Files.Redirect != "presigned" || a.s3 == nil {
+		return nil
+	}
+	return func(ctx context.Context, key string) (string, error) {
+		return a.s3.PresignGet(ctx, key, config.PresignTTL, proxy.ContentTypeNDJSON)
+	}
 }

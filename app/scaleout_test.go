@@ -185,3 +185,37 @@ func checkReady(t *testing.T, e *env, checks ...string) {
 		}
 	}
 }
+
+// TestPresignedRedirect: with files.redirect presigned, a download is a 307
+// to a presigned S3 URL (after the checks; a file that is not there is a
+// 404, not a redirect), and a client that follows it gets the exact export.
+func TestPresignedRedirect(t *testing.T) {
+	pgs3 := onPostgresS3(t)
+	e := newEnv(t, fhirtest.Options{}, func(c *config.Config) {
+		pgs3(c)
+		c.Files.Redirect = "presigned"
+	})
+	types := []string{"Patient", "Condition"}
+	m, _ := e.export("small", url.Values{"_type": {strings.Join(types, ",")}})
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noFollow.Get(m.Output[0].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, e.cfg.Files.S3.Endpoint+"/") ||
+		!strings.Contains(loc, "X-Amz-Signature=") || resp.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("download: %d Location=%q Cache-Control=%q", resp.StatusCode, loc, resp.Header.Get("Cache-Control"))
+	}
+	missing := m.Output[0].URL[:strings.LastIndex(m.Output[0].URL, "/")+1] + "0123456789abcdef0123456789abcdef"
+	if resp, err = noFollow.Get(missing); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("missing file: %d", resp.StatusCode)
+	}
+	// Following the redirects, the files are the ground truth.
+	e.verify(m, fhirtest.Query{GroupID: "small", Types: types})
+}

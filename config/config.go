@@ -66,9 +66,17 @@ type FilesConfig struct {
 	// (credentials from the standard AWS chain: AWS_ACCESS_KEY_ID and
 	// AWS_SECRET_ACCESS_KEY, profiles, IRSA).
 	URL string `yaml:"url" usage:"exported files: empty for data_dir/files, or s3://bucket/prefix"`
+	// Redirect is empty to stream downloads through the proxy, or
+	// "presigned" (S3 only) to answer them, after the token and ownership
+	// checks, with 307 to a presigned URL valid for PresignTTL.
+	Redirect string `yaml:"redirect" usage:"file downloads: empty streams them; presigned answers 307 to a short-lived presigned S3 URL"`
 	// S3 tunes the S3 client when URL is s3://.
 	S3 FilesS3Config `yaml:"s3"`
 }
+
+// PresignTTL is how long a presigned download URL (files.redirect:
+// presigned) is valid.
+const PresignTTL = 5 * time.Minute
 
 // FilesS3Config tunes the S3 client.
 type FilesS3Config struct {

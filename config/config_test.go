@@ -126,6 +126,7 @@ func TestOptionNames(t *testing.T) {
 		"limits.idle_timeout":                   {"FBP_LIMITS_IDLE_TIMEOUT", "limits-idle-timeout"},
 		"store.url":                             {"FBP_STORE_URL", "store-url"},
 		"files.url":                             {"FBP_FILES_URL", "files-url"},
+		"files.redirect":                        {"FBP_FILES_REDIRECT", "files-redirect"},
 		"files.s3.endpoint":                     {"FBP_FILES_S3_ENDPOINT", "files-s3-endpoint"},
 		"files.s3.region":                       {"FBP_FILES_S3_REGION", "files-s3-region"},
 		"files.s3.path_style":                   {"FBP_FILES_S3_PATH_STYLE", "files-s3-path-style"},

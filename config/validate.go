@@ -141,6 +141,15 @@ func (c *Config) Validate() error {
 			add("files.url: %v", err)
 		}
 	}
+	switch c.Files.Redirect {
+	case "":
+	case "presigned":
+		if c.Files.URL == "" {
+			add("files.redirect: presigned needs files.url s3://...")
+		}
+	default:
+		add("files.redirect must be empty or presigned, not %q", c.Files.Redirect)
+	}
 	errs = append(errs, c.validateSecurity()...)
 	return errors.Join(errs...)
 }

@@ -175,7 +175,13 @@ func (p *part) Truncate(size int64) error {
 // Close uploads what is buffered, as Sync.
 func (p *part) Close() error { return p.Sync() }
 
-// ReadPart reads a part file: its segments one after another.
+// readAhead is how many segments a part reader fetches ahead of the one
+// it is reading: a part is read segment after segment (one page each) and
+// one GetObject at a time would make sealing wait on every round trip.
+const readAhead = 4
+
+// ReadPart reads a part file: its segments in order, fetched readAhead at
+// a time.
 func (b *S3) ReadPart(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -191,48 +197,86 @@ func (b *S3) ReadPart(ctx context.Context, key string) (io.ReadCloser, error) {
 	if len(segs) == 0 {
 		return nil, notFound(key)
 	}
-	return &partReader{b: b, ctx: ctx, key: key, segs: segs}, nil
+	ctx, cancel := context.WithCancel(ctx)
+	r := &partReader{ctx: ctx, cancel: cancel, key: key, results: make([]chan fetched, len(segs)), slots: make(chan struct{}, readAhead)}
+	for i := range r.results {
+		r.results[i] = make(chan fetched, 1)
+	}
+	go r.fetchAll(b, segs)
+	return r, nil
+}
+
+type fetched struct {
+	data []byte
+	err  error
 }
 
 type partReader struct {
-	b    *S3
-	ctx  context.Context
-	key  string
-	segs []segment
-	cur  io.ReadCloser
+	ctx     context.Context
+	cancel  context.CancelFunc
+	key     string
+	results []chan fetched // one per segment, in order
+	slots   chan struct{}  // segments fetched and not yet consumed
+	next    int
+	cur     []byte
+}
+
+// fetchAll starts the GetObject of each segment once a slot is free.
+func (r *partReader) fetchAll(b *S3, segs []segment) {
+	for i, s := range segs {
+		select {
+		case r.slots <- struct{}{}:
+		case <-r.ctx.Done():
+			for _, ch := range r.results[i:] {
+				ch <- fetched{err: r.ctx.Err()}
+			}
+			return
+		}
+		go func() {
+			out, err := b.c.GetObject(r.ctx, &s3.GetObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(s.key)})
+			if err != nil {
+				r.results[i] <- fetched{err: fmt.Errorf("s3blobs: read part %s: %w", r.key, err)}
+				return
+			}
+			data, err := io.ReadAll(out.Body)
+			out.Body.Close()
+			if err == nil && int64(len(data)) != s.size {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil {
+				err = fmt.Errorf("s3blobs: read part %s: %w", r.key, err)
+			}
+			r.results[i] <- fetched{data: data, err: err}
+		}()
+	}
 }
 
 func (r *partReader) Read(p []byte) (int, error) {
-	for {
-		if r.cur == nil {
-			if len(r.segs) == 0 {
-				return 0, io.EOF
-			}
-			s := r.segs[0]
-			r.segs = r.segs[1:]
-			out, err := r.b.c.GetObject(r.ctx, &s3.GetObjectInput{Bucket: aws.String(r.b.bucket), Key: aws.String(s.key)})
-			if err != nil {
-				return 0, fmt.Errorf("s3blobs: read part %s: %w", r.key, err)
-			}
-			r.cur = out.Body
+	for len(r.cur) == 0 {
+		if r.next == len(r.results) {
+			return 0, io.EOF
 		}
-		n, err := r.cur.Read(p)
-		if err == io.EOF {
-			r.cur.Close()
-			r.cur = nil
-			if n > 0 {
-				return n, nil
-			}
-			continue
+		var f fetched
+		select {
+		case f = <-r.results[r.next]:
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
 		}
-		return n, err
+		<-r.slots
+		r.next++
+		if f.err != nil {
+			return 0, f.err
+		}
+		r.cur = f.data
 	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	return n, nil
 }
 
+// Close stops the fetches in flight.
 func (r *partReader) Close() error {
-	if r.cur != nil {
-		return r.cur.Close()
-	}
+	r.cancel()
 	return nil
 }
 

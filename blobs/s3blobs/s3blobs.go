@@ -28,6 +28,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -174,8 +175,13 @@ func (b *S3) Create(ctx context.Context, key string) (exporter.BlobWriter, error
 
 var errClosed = errors.New("s3blobs: writer already committed or aborted")
 
+// uploadsInFlight is how many parts of one file upload at once while the
+// writer fills the next.
+const uploadsInFlight = 2
+
 // writer buffers PartSize bytes and uploads them as parts of a multipart
-// upload started at the first full part.
+// upload started at the first full part; parts upload in the background,
+// uploadsInFlight at a time.
 type writer struct {
 	b        *S3
 	ctx      context.Context
@@ -183,7 +189,12 @@ type writer struct {
 	buf      []byte
 	n        int64
 	upload   *string // multipart upload id once started
+	nparts   int32
+	slots    chan struct{}
+	wg       sync.WaitGroup
+	mu       sync.Mutex // guards parts and upErr
 	parts    []types.CompletedPart
+	upErr    error
 	done     bool
 }
 
@@ -191,8 +202,14 @@ func (w *writer) Write(p []byte) (int, error) {
 	if w.done {
 		return 0, errClosed
 	}
+	if err := w.failed(); err != nil {
+		return 0, err
+	}
 	written := 0
 	for len(p) > 0 {
+		if w.buf == nil {
+			w.buf = make([]byte, 0, min(PartSize, max(len(p), 64<<10)))
+		}
 		room := PartSize - len(w.buf)
 		k := min(room, len(p))
 		w.buf = append(w.buf, p[:k]...)
@@ -208,6 +225,13 @@ func (w *writer) Write(p []byte) (int, error) {
 	return written, nil
 }
 
+func (w *writer) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.upErr
+}
+
+// uploadPart hands the buffer to a background upload, once a slot is free.
 func (w *writer) uploadPart() error {
 	if w.upload == nil {
 		out, err := w.b.c.CreateMultipartUpload(w.ctx, &s3.CreateMultipartUploadInput{
@@ -217,18 +241,35 @@ func (w *writer) uploadPart() error {
 			return fmt.Errorf("s3blobs: write %s: %w", w.key, err)
 		}
 		w.upload = out.UploadId
+		w.slots = make(chan struct{}, uploadsInFlight)
 	}
-	num := int32(len(w.parts) + 1)
-	out, err := w.b.c.UploadPart(w.ctx, &s3.UploadPartInput{
-		Bucket: aws.String(w.b.bucket), Key: aws.String(w.obj), UploadId: w.upload,
-		PartNumber: aws.Int32(num), Body: bytes.NewReader(w.buf), ContentLength: aws.Int64(int64(len(w.buf))),
-	})
-	if err != nil {
-		return fmt.Errorf("s3blobs: write %s: part %d: %w", w.key, num, err)
+	select {
+	case w.slots <- struct{}{}:
+	case <-w.ctx.Done():
+		return w.ctx.Err()
 	}
-	w.parts = append(w.parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(num)})
-	w.buf = w.buf[:0]
-	return nil
+	w.nparts++
+	num, buf := w.nparts, w.buf
+	w.buf = nil
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		defer func() { <-w.slots }()
+		out, err := w.b.c.UploadPart(w.ctx, &s3.UploadPartInput{
+			Bucket: aws.String(w.b.bucket), Key: aws.String(w.obj), UploadId: w.upload,
+			PartNumber: aws.Int32(num), Body: bytes.NewReader(buf), ContentLength: aws.Int64(int64(len(buf))),
+		})
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if err != nil {
+			if w.upErr == nil {
+				w.upErr = fmt.Errorf("s3blobs: write %s: part %d: %w", w.key, num, err)
+			}
+			return
+		}
+		w.parts = append(w.parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(num)})
+	}()
+	return w.failed()
 }
 
 // Commit uploads what is buffered and publishes the object: one PutObject
@@ -257,6 +298,12 @@ func (w *writer) Commit() (int64, error) {
 		}
 	}
 	w.buf = nil
+	w.wg.Wait()
+	if err := w.failed(); err != nil {
+		w.abortUpload()
+		return 0, err
+	}
+	sort.Slice(w.parts, func(i, j int) bool { return *w.parts[i].PartNumber < *w.parts[j].PartNumber })
 	_, err := w.b.c.CompleteMultipartUpload(w.ctx, &s3.CompleteMultipartUploadInput{
 		Bucket: aws.String(w.b.bucket), Key: aws.String(w.obj), UploadId: w.upload,
 		MultipartUpload: &types.CompletedMultipartUpload{Parts: w.parts},
@@ -272,6 +319,7 @@ func (w *writer) abortUpload() {
 	if w.upload == nil {
 		return
 	}
+	w.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(w.ctx), 30*time.Second)
 	defer cancel()
 	_, _ = w.b.c.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{

@@ -141,6 +141,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		BatchSize:       cfg.Export.BatchSize,
 		PageSize:        cfg.Export.PageSize,
 		UnitConcurrency: a.unitConcurrency(),
+		UnitWorkers:     a.unitWorkers(),
 		MaxJobs:         cfg.Export.MaxJobs,
 		MaxFileSize:     cfg.Export.MaxFileSize,
 		Retention:       cfg.Export.Retention,
@@ -646,6 +647,17 @@ func (a *App) unitConcurrency() int {
 		return max(a.cfg.Export.MaxConcurrency, a.cfg.Export.Concurrency)
 	}
 	return a.cfg.Export.Concurrency
+}
+
+// unitWorkers is how many units a job runs at once: twice the upstream
+// concurrency when a page's writes are network round trips (PostgreSQL
+// checkpoints, S3 part segments), so that the upstream's slots stay busy
+// while units persist their pages; else one per upstream slot.
+func (a *App) unitWorkers() int {
+	if a.cfg.Store.URL != "" || a.cfg.Files.URL != "" {
+		return 2 * a.unitConcurrency()
+	}
+	return a.unitConcurrency()
 }
 
 // UpstreamConcurrency returns the current limit of upstream requests in

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/internal/pgtest"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/internal/s3test"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/store/pgstore"
+	"github.com/rs/zerolog"
 )
 
 // onPostgresS3 points a config at a fresh PostgreSQL database and a fresh
@@ -218,4 +220,35 @@ func TestPresignedRedirect(t *testing.T) {
 	}
 	// Following the redirects, the files are the ground truth.
 	e.verify(m, fhirtest.Query{GroupID: "small", Types: types})
+}
+
+// TestPostgresS3UpstreamBound: on PostgreSQL and S3 a job runs twice as
+// many units as upstream slots (so the slots stay busy while units persist
+// their pages), and the upstream still never sees more than
+// export.concurrency requests at once.
+func TestPostgresS3UpstreamBound(t *testing.T) {
+	pgs3 := onPostgresS3(t)
+	var inFlight, peak atomic.Int64
+	count := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	e := newEnvWrapped(t, fhirtest.Options{Patients: 40, Latency: 5 * time.Millisecond}, func(c *config.Config) {
+		pgs3(c)
+		c.Export.Concurrency = 2
+		c.Export.PageSize = 20
+	}, zerolog.Nop(), count)
+	if w := e.app.unitWorkers(); w != 4 {
+		t.Fatalf("unit workers %d, want 4", w)
+	}
+	m, _ := e.export("all", nil)
+	e.verify(m, fhirtest.Query{GroupID: "all", Types: exporter.CandidateTypes(exporter.LevelGroup)})
+	if p := peak.Load(); p > 2 || p < 2 {
+		t.Fatalf("peak upstream requests in flight %d, want 2", p)
+	}
 }

@@ -2,7 +2,8 @@
 //
 // The server is, in this order: the one at FBP_TEST_S3_ENDPOINT (with
 // FBP_TEST_S3_ACCESS_KEY and FBP_TEST_S3_SECRET_KEY, path-style), or a
-// versitygw (github.com/versity/versitygw, on PATH or in $GOPATH/bin) this
+// versitygw (github.com/versity/versitygw, on PATH or in $GOPATH/bin; .ci/run
+// puts $(go env GOBIN) or $(go env GOPATH)/bin on PATH) this
 // test binary starts with its posix backend in a temporary directory.
 // Without either the test is skipped, or fails when FBP_REQUIRE_S3=1 (as
 // .ci/run sets).

@@ -1,6 +1,6 @@
-// Package app wires the proxy together from a Config: the bbolt store, the
-// blob directory, the upstream clients, the export service and the HTTP
-// server. cmd/fhir-bulk-proxy and end-to-end tests both use it, so tests
+// Package app wires the proxy together from a Config: the job store (bbolt
+// or PostgreSQL), the file store (a directory or S3), the upstream clients,
+// the export service and the HTTP server. cmd/fhir-bulk-proxy and end-to-end tests both use it, so tests
 // exercise the real wiring.
 package app
 
@@ -16,19 +16,17 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/auth"
-	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/blobs"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/blobs/s3blobs"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/cohort"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/config"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/metrics"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/proxy"
-	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/store"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/upstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -36,9 +34,12 @@ import (
 
 // App is a configured proxy: Start it, then Shutdown.
 type App struct {
-	cfg     config.Config
-	log     zerolog.Logger
-	store   *store.Store
+	cfg   config.Config
+	log   zerolog.Logger
+	store jobStore
+	// files holds the export files; s3 is it when on S3 (nil: data_dir).
+	files   fileStore
+	s3      *s3blobs.S3
 	service *exporter.Service
 	cohorts *cohort.Service // nil: cohorts.enabled off
 	server  *http.Server
@@ -83,7 +84,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	st, err := store.Open(filepath.Join(cfg.DataDir, "jobs.db"), store.Options{Timeout: time.Second})
+	st, err := openStore(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -108,10 +109,11 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 			return fail(err)
 		}
 	}
-	bl, err := blobs.NewDir(filepath.Join(cfg.DataDir, "files"))
+	bl, s3b, err := openFiles(cfg, log)
 	if err != nil {
 		return fail(err)
 	}
+	a.files, a.s3 = bl, s3b
 	if a.upTLS, err = upstreamTLS(cfg.UpstreamHTTP.CAFile); err != nil {
 		return fail(err)
 	}
@@ -139,6 +141,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		BatchSize:       cfg.Export.BatchSize,
 		PageSize:        cfg.Export.PageSize,
 		UnitConcurrency: a.unitConcurrency(),
+		UnitWorkers:     a.unitWorkers(),
 		MaxJobs:         cfg.Export.MaxJobs,
 		MaxFileSize:     cfg.Export.MaxFileSize,
 		Retention:       cfg.Export.Retention,
@@ -203,6 +206,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		Auth:                authOpts,
 		MaxBodyBytes:        cfg.Limits.MaxBodyBytes,
 		MaxHeaderBytes:      cfg.Limits.MaxHeaderBytes,
+		FileRedirect:        a.fileRedirect(),
 		Logger:              log,
 		Metrics:             a.metrics,
 		Routes:              routes,
@@ -649,6 +653,17 @@ func (a *App) unitConcurrency() int {
 		return max(a.cfg.Export.MaxConcurrency, a.cfg.Export.Concurrency)
 	}
 	return a.cfg.Export.Concurrency
+}
+
+// unitWorkers is how many units a job runs at once: twice the upstream
+// concurrency when a page's writes are network round trips (PostgreSQL
+// checkpoints, S3 part segments), so that the upstream's slots stay busy
+// while units persist their pages; else one per upstream slot.
+func (a *App) unitWorkers() int {
+	if a.cfg.Store.URL != "" || a.cfg.Files.URL != "" {
+		return 2 * a.unitConcurrency()
+	}
+	return a.unitConcurrency()
 }
 
 // UpstreamConcurrency returns the current limit of upstream requests in

@@ -85,7 +85,11 @@ func (h *health) ready(w http.ResponseWriter, r *http.Request) {
 		})
 	}
 	run("store", h.checkStore)
-	run("data_dir", h.checkDataDir)
+	if h.a.s3 != nil {
+		run("files", h.checkBucket)
+	} else {
+		run("data_dir", h.checkDataDir)
+	}
 	run("upstream", h.checkUpstream)
 	wg.Wait()
 	res.Checks["accepting_exports"] = h.checkDraining()
@@ -110,6 +114,11 @@ func timed(f func() error) check {
 
 func (h *health) checkStore(ctx context.Context) check {
 	return timed(func() error { return h.a.store.Ping(ctx) })
+}
+
+// checkBucket asks S3 for the files bucket (HeadBucket).
+func (h *health) checkBucket(ctx context.Context) check {
+	return timed(func() error { return h.a.s3.Ping(ctx) })
 }
 
 // checkDataDir creates, writes, syncs and removes a file in the data

@@ -79,6 +79,17 @@ func validPart(s string) bool {
 	return true
 }
 
+// SplitKey validates a blob key "{jobID}/{name}" by the rules of this
+// package (shared by every exporter.Blobs implementation) and returns its
+// parts.
+func SplitKey(key string) (jobID, name string, ok bool) { return split(key) }
+
+// ValidJobID reports whether jobID may start a blob key.
+func ValidJobID(jobID string) bool { return validPart(jobID) }
+
+// PartPrefix starts the names of part files (exporter.Part).
+const PartPrefix = partPrefix
+
 // split validates key and returns its job id and name.
 func split(key string) (jobID, name string, ok bool) {
 	jobID, name, found := strings.Cut(key, "/")

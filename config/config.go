@@ -46,6 +46,49 @@ type Config struct {
 	Admin AdminConfig `yaml:"admin"`
 	// Cohorts configures the Bulk Cohort API (Groups the proxy holds).
 	Cohorts CohortsConfig `yaml:"cohorts"`
+	// Store is where jobs, work units and cohorts are kept.
+	Store StoreConfig `yaml:"store"`
+	// Files is where exported files are kept.
+	Files FilesConfig `yaml:"files"`
+}
+
+// StoreConfig chooses the job store.
+type StoreConfig struct {
+	// URL is empty for the embedded bbolt file DataDir/jobs.db, or a
+	// postgres:// (postgresql://) URL for PostgreSQL. It may hold a
+	// password: it is a Secret and never logged.
+	URL Secret `yaml:"url" usage:"job store: empty for bbolt in data_dir, or a postgres:// URL"`
+}
+
+// FilesConfig chooses where exported files live.
+type FilesConfig struct {
+	// URL is empty for DataDir/files, or s3://bucket/prefix for S3
+	// (credentials from the standard AWS chain: AWS_ACCESS_KEY_ID and
+	// AWS_SECRET_ACCESS_KEY, profiles, IRSA).
+	URL string `yaml:"url" usage:"exported files: empty for data_dir/files, or s3://bucket/prefix"`
+	// Redirect is empty to stream downloads through the proxy, or
+	// "presigned" (S3 only) to answer them, after the token and ownership
+	// checks, with 307 to a presigned URL valid for PresignTTL.
+	Redirect string `yaml:"redirect" usage:"file downloads: empty streams them; presigned answers 307 to a short-lived presigned S3 URL"`
+	// S3 tunes the S3 client when URL is s3://.
+	S3 FilesS3Config `yaml:"s3"`
+}
+
+// PresignTTL is how long a presigned download URL (files.redirect:
+// presigned) is valid.
+const PresignTTL = 5 * time.Minute
+
+// FilesS3Config tunes the S3 client.
+type FilesS3Config struct {
+	// Endpoint is the S3 endpoint URL for S3-compatible servers (MinIO,
+	// versitygw, Ceph); empty: AWS.
+	Endpoint string `yaml:"endpoint" usage:"S3 endpoint URL for S3-compatible servers; empty: AWS"`
+	// Region is the bucket's region; empty: from the AWS chain, else
+	// us-east-1.
+	Region string `yaml:"region" usage:"S3 region; empty: from the AWS environment, else us-east-1"`
+	// PathStyle addresses the bucket in the path (endpoint/bucket/key)
+	// instead of the host name, as most S3-compatible servers need.
+	PathStyle bool `yaml:"path_style" usage:"path-style S3 addressing (endpoint/bucket/key)"`
 }
 
 // AdminConfig configures /metrics, the operator page and admin API under

@@ -126,6 +126,12 @@ func TestOptionNames(t *testing.T) {
 		"limits.max_header_bytes":               {"FBP_LIMITS_MAX_HEADER_BYTES", "limits-max-header-bytes"},
 		"limits.read_header_timeout":            {"FBP_LIMITS_READ_HEADER_TIMEOUT", "limits-read-header-timeout"},
 		"limits.idle_timeout":                   {"FBP_LIMITS_IDLE_TIMEOUT", "limits-idle-timeout"},
+		"store.url":                             {"FBP_STORE_URL", "store-url"},
+		"files.url":                             {"FBP_FILES_URL", "files-url"},
+		"files.redirect":                        {"FBP_FILES_REDIRECT", "files-redirect"},
+		"files.s3.endpoint":                     {"FBP_FILES_S3_ENDPOINT", "files-s3-endpoint"},
+		"files.s3.region":                       {"FBP_FILES_S3_REGION", "files-s3-region"},
+		"files.s3.path_style":                   {"FBP_FILES_S3_PATH_STYLE", "files-s3-path-style"},
 	}
 	got := map[string][2]string{}
 	for _, o := range Options() {

@@ -12,6 +12,12 @@ import (
 var NonConfigEnv = []string{
 	"FBP_REQUIRE_BROWSER",   // admin/browser_test.go: fail instead of skipping without Chromium (.ci/run)
 	"FBP_UPDATE_SCREENSHOT", // admin/browser_test.go: rewrite docs/operator-page.png
+	"FBP_REQUIRE_POSTGRES",  // internal/pgtest: fail instead of skipping without PostgreSQL (.ci/run)
+	"FBP_REQUIRE_S3",        // internal/s3test: fail instead of skipping without an S3 server (.ci/run)
+	"FBP_TEST_POSTGRES_URL", // internal/pgtest: a running PostgreSQL to test against
+	"FBP_TEST_S3_ENDPOINT",  // internal/s3test: a running S3 server to test against
+	"FBP_TEST_S3_ACCESS_KEY",
+	"FBP_TEST_S3_SECRET_KEY",
 }
 
 // UnknownVariable is an FBP_ environment variable that names no option.

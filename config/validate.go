@@ -131,8 +131,45 @@ func (c *Config) Validate() error {
 	if c.Admin.Listen != "" && c.Admin.Listen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
 		add("admin.listen must differ from listen (leave it empty to serve admin routes on the main listener)")
 	}
+	if u := string(c.Store.URL); u != "" && !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") {
+		// The URL may hold a password: name the scheme only.
+		scheme, _, _ := strings.Cut(u, ":")
+		add("store.url must be empty (bbolt in data_dir) or a postgres:// URL, not %q:...", scheme)
+	}
+	if c.Files.URL != "" {
+		if _, _, err := ParseS3URL(c.Files.URL); err != nil {
+			add("files.url: %v", err)
+		}
+	}
+	switch c.Files.Redirect {
+	case "":
+	case "presigned":
+		if c.Files.URL == "" {
+			add("files.redirect: presigned needs files.url s3://...")
+		}
+	default:
+		add("files.redirect must be empty or presigned, not %q", c.Files.Redirect)
+	}
 	errs = append(errs, c.validateSecurity()...)
 	return errors.Join(errs...)
+}
+
+// ParseS3URL splits files.url "s3://bucket/prefix" into the bucket and the
+// key prefix ("" or ending in "/").
+func ParseS3URL(s string) (bucket, prefix string, err error) {
+	rest, ok := strings.CutPrefix(s, "s3://")
+	if !ok {
+		return "", "", fmt.Errorf("%q must be empty (data_dir/files) or s3://bucket/prefix", s)
+	}
+	bucket, prefix, _ = strings.Cut(rest, "/")
+	if bucket == "" {
+		return "", "", fmt.Errorf("%q names no bucket", s)
+	}
+	prefix = strings.Trim(prefix, "/")
+	if prefix != "" {
+		prefix += "/"
+	}
+	return bucket, prefix, nil
 }
 
 // basePathPlaceholders checks base_path and returns the names of its

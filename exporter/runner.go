@@ -259,7 +259,7 @@ func (r *jobRun) hasRound(round int) bool {
 // Upstream failures end a unit; anything else ends the round.
 func (r *jobRun) runRound(ctx context.Context, round int) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(r.s.opts.UnitConcurrency)
+	g.SetLimit(r.s.opts.UnitWorkers)
 	for i := range r.units {
 		u := &r.units[i]
 		if u.Round != round || u.State != UnitPending {

@@ -34,6 +34,13 @@ type Options struct {
 	// UnitConcurrency is the number of work units a job runs at once
 	// (default 4). The upstream client bounds the requests in flight.
 	UnitConcurrency int
+	// UnitWorkers is the number of work units a job runs at once (default
+	// UnitConcurrency; batches are still sized by UnitConcurrency). More
+	// workers than upstream slots let units persist a page (part file
+	// sync, checkpoint) while other units' requests keep the upstream
+	// busy: with a remote file store or job store, each page's writes are
+	// round trips. The upstream client still bounds the requests in flight.
+	UnitWorkers int
 	// UnitRetryBudget bounds the retries of all upstream requests of one
 	// work unit (default 50).
 	UnitRetryBudget int
@@ -129,6 +136,9 @@ func New(o Options) (*Service, error) {
 	}
 	if o.UnitConcurrency <= 0 {
 		o.UnitConcurrency = 4
+	}
+	if o.UnitWorkers <= 0 {
+		o.UnitWorkers = o.UnitConcurrency
 	}
 	if o.GiveUpAfter == 0 {
 		o.GiveUpAfter = 15 * time.Minute

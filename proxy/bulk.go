@@ -339,6 +339,19 @@ func (h *handlers) file(c *gin.Context) {
 	defer blob.Close()
 	w := c.Writer
 	hdr := w.Header()
+	if h.fileRedirect != nil {
+		loc, err := h.fileRedirect(r.Context(), f.Key)
+		if err != nil {
+			h.logError(c, err, "presign file")
+			WriteError(c.Writer, err)
+			return
+		}
+		// The URL is a bearer credential for the file: never cached.
+		hdr.Set("Cache-Control", "no-store")
+		hdr.Set("Location", loc)
+		w.WriteHeader(http.StatusTemporaryRedirect)
+		return
+	}
 	hdr.Set("Content-Type", ContentTypeNDJSON)
 	hdr.Set("Expires", job.ExpiresAt.UTC().Format(http.TimeFormat))
 	hdr.Set("Cache-Control", "private, no-transform")

@@ -5,6 +5,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/netip"
@@ -69,6 +70,10 @@ type Options struct {
 	// HoldMemberLists holds plain member-list Groups that the upstream
 	// refuses to create (405, 501, 403) as cohorts without filters.
 	HoldMemberLists bool
+	// FileRedirect, when set, answers file downloads with 307 to the URL it
+	// returns for the file's blob key (a short-lived presigned URL), after
+	// the token, ownership and scope checks, instead of streaming the file.
+	FileRedirect func(ctx context.Context, key string) (string, error)
 }
 
 // Route is an extra route of the handler. A Pattern ending in "/*" also
@@ -91,6 +96,7 @@ type handlers struct {
 	maxHeader           int64        // 0: unbounded here
 	polls               *pollTracker // nil: no poll throttling
 	log                 zerolog.Logger
+	fileRedirect        func(ctx context.Context, key string) (string, error)
 	metrics             *metrics.Metrics
 	quiet               map[string]bool // route patterns logged at debug level
 	ids                 *RequestIDs
@@ -110,6 +116,7 @@ func NewHandler(o Options) http.Handler {
 		sec: newSecurity(o.Auth), maxBody: o.MaxBodyBytes, maxHeader: o.MaxHeaderBytes, log: o.Logger,
 		metrics: o.Metrics, quiet: map[string]bool{}, ids: NewRequestIDs(),
 		cohorts: o.Cohorts, holdMemberLists: o.HoldMemberLists, pt: o.PassThrough,
+		fileRedirect: o.FileRedirect,
 	}
 	if o.Auth == nil {
 		h.clientHeader, h.trustedProxies = o.ClientIDHeader, o.TrustedProxies

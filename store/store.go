@@ -66,6 +66,9 @@ type Store struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	// leases of work units (leases.go), in memory.
+	leases leases
 }
 
 var _ exporter.Store = (*Store)(nil)

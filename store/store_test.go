@@ -388,3 +388,8 @@ func TestCanceledContext(t *testing.T) {
 		t.Fatalf("job created despite the canceled context: %v", err)
 	}
 }
+
+// TestLeases runs the lease suite against bbolt (leases in memory).
+func TestLeases(t *testing.T) {
+	storetest.RunLeases(t, func(t *testing.T) storetest.LeaseStore { return openTemp(t) })
+}

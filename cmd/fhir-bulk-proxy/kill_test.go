@@ -19,6 +19,8 @@ import (
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/bulkclient"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/internal/pgtest"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/internal/s3test"
 )
 
 // freeAddr returns a loopback address with a port that was free just now.
@@ -45,6 +47,7 @@ type proxyProc struct {
 	t    *testing.T
 	bin  string
 	args []string
+	env  []string // added to the test's environment
 	addr string
 	cmd  *exec.Cmd
 	log  *os.File
@@ -53,6 +56,9 @@ type proxyProc struct {
 func (p *proxyProc) start() {
 	p.t.Helper()
 	p.cmd = exec.Command(p.bin, p.args...)
+	if p.env != nil {
+		p.cmd.Env = append(os.Environ(), p.env...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		p.t.Fatal(err)
@@ -84,8 +90,34 @@ func TestKillNineDuringExport(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills the real binary")
 	}
+	killNine(t, 300, 12, nil, nil)
+}
+
+// TestKillNineDuringExportPostgresS3 is TestKillNineDuringExport with the
+// jobs in PostgreSQL and the files in S3 (real servers: internal/pgtest,
+// internal/s3test), the credentials from the AWS environment variables.
+func TestKillNineDuringExportPostgresS3(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills the real binary")
+	}
+	dbURL := pgtest.URL(t)
+	s3srv, bucket := s3test.Bucket(t)
+	killNine(t, 150, 6, []string{
+		"--store-url", dbURL, "--files-url", "s3://" + bucket + "/exports",
+		"--files-s3-endpoint", s3srv.Endpoint, "--files-s3-path-style",
+	}, []string{
+		"AWS_ACCESS_KEY_ID=" + s3srv.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3srv.SecretKey,
+		"AWS_CONFIG_FILE=" + filepath.Join(t.TempDir(), "none"), "AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(t.TempDir(), "none"),
+	})
+}
+
+// killNine exports a Group of the given number of patients while killing
+// the proxy with SIGKILL at random moments (at least minKills times during
+// the export, up to 12), restarting it each time; the export must be
+// exactly the ground truth.
+func killNine(t *testing.T, patients, minKills int, extraArgs, env []string) {
 	bin := buildBinary(t)
-	sim := fhirtest.New(fhirtest.Options{Patients: 300, Seed: 11, Latency: 20 * time.Millisecond})
+	sim := fhirtest.New(fhirtest.Options{Patients: patients, Seed: 11, Latency: 20 * time.Millisecond})
 	srv := httptest.NewServer(sim.Handler())
 	defer srv.Close()
 	addr := freeAddr(t)
@@ -94,11 +126,11 @@ func TestKillNineDuringExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	p := &proxyProc{t: t, bin: bin, addr: addr, log: logf, args: []string{"serve",
+	p := &proxyProc{t: t, bin: bin, addr: addr, log: logf, env: env, args: append([]string{"serve",
 		"--listen", addr, "--upstream", srv.URL + "/fhir", "--public-url", "http://" + addr + "/fhir",
 		"--data-dir", t.TempDir(), "--export-page-size", "50", "--export-batch-size", "60", "--log-level", "warn",
 		// A steady pace, so that the export lasts through the kills.
-		"--export-adaptive-concurrency=false", "--export-concurrency", "2", "--export-poll-throttle=false"}}
+		"--export-adaptive-concurrency=false", "--export-concurrency", "2", "--export-poll-throttle=false"}, extraArgs...)}
 	p.start()
 	defer p.kill()
 
@@ -111,7 +143,7 @@ func TestKillNineDuringExport(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	kills := 0
-	for kills < 12 {
+	for kills < max(12, minKills) {
 		time.Sleep(time.Duration(50+rng.IntN(400)) * time.Millisecond)
 		resp, err := http.Get(status)
 		if err != nil {
@@ -125,8 +157,8 @@ func TestKillNineDuringExport(t *testing.T) {
 		kills++
 		p.start()
 	}
-	if kills < 10 {
-		t.Fatalf("the export ended after %d kills; the test wants at least 10 during it", kills)
+	if kills < minKills*5/6 {
+		t.Fatalf("the export ended after %d kills; the test wants at least %d during it", kills, minKills*5/6)
 	}
 	m, err := c.Wait(ctx, status)
 	if err != nil {

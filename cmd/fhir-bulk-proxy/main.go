@@ -5,6 +5,7 @@
 //	fhir-bulk-proxy sim [flags]                    run the synthetic upstream
 //	fhir-bulk-proxy demo [--exit]                  sim + proxy + one verified export
 //	fhir-bulk-proxy bench [--quick]                benchmarks (BENCHMARKS.md)
+//	fhir-bulk-proxy migrate                         PostgreSQL schema migrations
 //	fhir-bulk-proxy version
 package main
 
@@ -38,6 +39,7 @@ Usage:
   fhir-bulk-proxy demo [--exit] [--listen ADDR] [--sim-listen ADDR] start sim and proxy, run one verified Group export
   fhir-bulk-proxy bench [--quick] [--json]                         measure the proxy against the upstream's limit (BENCHMARKS.md)
   fhir-bulk-proxy export --base URL (--group ID|--patients|--system|--status URL) --out DIR   Bulk Data client (export --help)
+  fhir-bulk-proxy migrate [--store-url URL]                        apply the PostgreSQL job store's schema migrations
   fhir-bulk-proxy version
 `
 
@@ -65,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = benchCmd(ctx, args[1:], stdout, stderr)
 	case "export":
 		return exportCmd(ctx, args[1:], stdout, stderr)
+	case "migrate":
+		err = migrate(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return 0

@@ -1,0 +1,46 @@
+package exporter
+
+import (
+	"context"
+	"strconv"
+	"time"
+)
+
+// Lease is one replica's claim of one work unit, for scale-out (issue 13).
+// Token is the fencing token: it grows with every claim of the unit, so a
+// replica that lost its lease (paused past Expires while another took the
+// unit over) is refused when it writes a checkpoint with its old token.
+type Lease struct {
+	JobID   string
+	UnitID  int
+	Owner   string
+	Token   int64
+	Expires time.Time
+}
+
+// Leaser hands out work units to replicas with leases. PostgreSQL
+// implements it with FOR UPDATE SKIP LOCKED and its own clock; bbolt (one
+// process) in memory. Implementations must pass storetest.RunLeases.
+//
+// The runner does not use it yet: it is the store half of issue 13's
+// multi-replica runner.
+type Leaser interface {
+	// ClaimUnits leases up to n pending units of the job that nobody holds
+	// (no lease, or an expired one) to owner for ttl, in unit id order.
+	// It returns none, and no error, when there are none (or no job).
+	ClaimUnits(ctx context.Context, jobID, owner string, n int, ttl time.Duration) ([]Lease, error)
+	// RenewLease extends a lease to ttl from now. A lease that was taken
+	// over (its token is stale) fails with ECONFLICT wrapping ErrConflict.
+	RenewLease(ctx context.Context, l Lease, ttl time.Duration) (Lease, error)
+	// ReleaseLease gives a lease up; a stale one is not an error.
+	ReleaseLease(ctx context.Context, l Lease) error
+	// PutUnitFenced writes a unit's checkpoint (u.ID must be l.UnitID) if
+	// l is still the unit's current lease; a stale token fails with
+	// ECONFLICT wrapping ErrConflict and writes nothing.
+	PutUnitFenced(ctx context.Context, l Lease, u Unit) error
+}
+
+// ErrLeaseLost is the error of a write or renewal with a stale lease.
+func ErrLeaseLost(l Lease) error {
+	return &Error{Kind: ECONFLICT, Message: "lease of unit " + strconv.Itoa(l.UnitID) + " of job " + l.JobID + " was lost (taken over or released)", Err: ErrConflict}
+}

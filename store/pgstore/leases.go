@@ -1,0 +1,104 @@
+package pgstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
+)
+
+var _ exporter.Leaser = (*Store)(nil)
+
+// ClaimUnits leases up to n pending units of the job that nobody holds to
+// owner for ttl: one statement that locks the candidates FOR UPDATE SKIP
+// LOCKED (replicas claiming at once take different units, none waits) and
+// bumps their fencing tokens. Expiry is on the database's clock, the one
+// clock all replicas share.
+func (s *Store) ClaimUnits(ctx context.Context, jobID, owner string, n int, ttl time.Duration) ([]exporter.Lease, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, `WITH c AS (
+			SELECT job_id, id FROM units
+			WHERE job_id = $1 AND (doc->>'state') = 'pending'
+			  AND (lease_expires IS NULL OR lease_expires < clock_timestamp())
+			ORDER BY id LIMIT $2
+			FOR UPDATE SKIP LOCKED)
+		UPDATE units u SET lease_owner = $3, lease_token = u.lease_token + 1,
+			lease_expires = clock_timestamp() + $4 * interval '1 microsecond'
+		FROM c WHERE u.job_id = c.job_id AND u.id = c.id
+		RETURNING u.id, u.lease_token, u.lease_expires`, jobID, n, owner, ttl.Microseconds())
+	if err != nil {
+		return nil, err
+	}
+	var (
+		out     []exporter.Lease
+		id      int32
+		token   int64
+		expires time.Time
+	)
+	_, err = pgx.ForEachRow(rows, []any{&id, &token, &expires}, func() error {
+		out = append(out, exporter.Lease{JobID: jobID, UnitID: int(id), Owner: owner, Token: token, Expires: expires.UTC()})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	// RETURNING gives no order.
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j].UnitID < out[j-1].UnitID; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out, nil
+}
+
+// RenewLease extends a lease whose token is still the unit's.
+func (s *Store) RenewLease(ctx context.Context, l exporter.Lease, ttl time.Duration) (exporter.Lease, error) {
+	var expires time.Time
+	err := s.pool.QueryRow(ctx, `UPDATE units SET lease_expires = clock_timestamp() + $5 * interval '1 microsecond'
+		WHERE job_id = $1 AND id = $2 AND lease_token = $3 AND lease_owner = $4
+		RETURNING lease_expires`, l.JobID, l.UnitID, l.Token, l.Owner, ttl.Microseconds()).Scan(&expires)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return exporter.Lease{}, exporter.ErrLeaseLost(l)
+	}
+	if err != nil {
+		return exporter.Lease{}, err
+	}
+	l.Expires = expires.UTC()
+	return l, nil
+}
+
+// ReleaseLease clears a lease whose token is still the unit's (the token
+// stays, so the next claim gets a greater one).
+func (s *Store) ReleaseLease(ctx context.Context, l exporter.Lease) error {
+	_, err := s.pool.Exec(ctx, `UPDATE units SET lease_owner = NULL, lease_expires = NULL
+		WHERE job_id = $1 AND id = $2 AND lease_token = $3 AND lease_owner = $4`, l.JobID, l.UnitID, l.Token, l.Owner)
+	return err
+}
+
+// PutUnitFenced writes a checkpoint only under the unit's current lease
+// token: the compare and the write are one UPDATE.
+func (s *Store) PutUnitFenced(ctx context.Context, l exporter.Lease, u exporter.Unit) error {
+	if u.ID != l.UnitID {
+		return exporter.ErrLeaseLost(l)
+	}
+	doc, err := json.Marshal(&u)
+	if err != nil {
+		return fmt.Errorf("pgstore: encode unit: %w", err)
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE units SET doc = $5
+		WHERE job_id = $1 AND id = $2 AND lease_token = $3 AND lease_owner = $4`, l.JobID, l.UnitID, l.Token, l.Owner, string(doc))
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return exporter.ErrLeaseLost(l)
+	}
+	return nil
+}

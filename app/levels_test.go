@@ -207,7 +207,9 @@ func TestElementsUntilAndAssociatedProvenance(t *testing.T) {
 
 func TestKickoffLimitsAndAccept(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, fhirtest.Options{Latency: 30 * time.Millisecond}, nil)
+	// Anonymous callers have no per-client bound (they are not one
+	// client); export.max_active bounds them all.
+	e := newEnv(t, fhirtest.Options{Latency: 30 * time.Millisecond}, func(c *config.Config) { c.Export.MaxActive = 1 })
 	resp, b := e.do("GET", "/Group/all/$export", http.Header{"Accept": {"application/xml"}}, "")
 	if resp.StatusCode != http.StatusNotAcceptable {
 		t.Fatalf("Accept xml: %d %s", resp.StatusCode, b)

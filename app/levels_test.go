@@ -200,26 +200,33 @@ func TestElementsUntilAndAssociatedProvenance(t *testing.T) {
 	}
 }
 
+// TestKickoffLimitsAndAccept: a named client (here by a trusted gateway's
+// header; anonymous callers are not bound by max_active_per_client) has
+// one export in progress at a time.
 func TestKickoffLimitsAndAccept(t *testing.T) {
-	e := newEnv(t, fhirtest.Options{Latency: 30 * time.Millisecond}, nil)
-	resp, b := e.do("GET", "/Group/all/$export", http.Header{"Accept": {"application/xml"}}, "")
+	e := newEnv(t, fhirtest.Options{Latency: 30 * time.Millisecond}, func(c *config.Config) {
+		c.Auth.ClientIDHeader, c.Auth.TrustedProxies = "X-Client-Id", "127.0.0.1"
+	})
+	client := http.Header{"X-Client-Id": {"c1"}}
+	e.client.Header = client
+	resp, b := e.do("GET", "/Group/all/$export", http.Header{"Accept": {"application/xml"}, "X-Client-Id": {"c1"}}, "")
 	if resp.StatusCode != http.StatusNotAcceptable {
 		t.Fatalf("Accept xml: %d %s", resp.StatusCode, b)
 	}
 	outcomeCode(t, resp, b)
-	resp, _ = e.do("GET", "/Group/all/$export", nil, "")
+	resp, _ = e.do("GET", "/Group/all/$export", client, "")
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("first kick-off: %d", resp.StatusCode)
 	}
 	first := resp.Header.Get("Content-Location")
-	resp, b = e.do("GET", "/Group/small/$export", nil, "")
+	resp, b = e.do("GET", "/Group/small/$export", client, "")
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || outcomeCode(t, resp, b) != "throttled" {
 		t.Fatalf("second concurrent kick-off: %d %s", resp.StatusCode, b)
 	}
 	if _, err := e.client.Wait(context.Background(), first); err != nil {
 		t.Fatal(err)
 	}
-	resp, _ = e.do("GET", "/Group/small/$export", nil, "")
+	resp, _ = e.do("GET", "/Group/small/$export", client, "")
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("kick-off after the first finished: %d", resp.StatusCode)
 	}

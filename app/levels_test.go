@@ -39,7 +39,6 @@ func (e *env) postExport(path, body string) (*http.Response, []byte) {
 }
 
 func TestSystemExportMatchesGroundTruth(t *testing.T) {
-	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	m := e.exportAt("/$export", nil)
 	e.verify(m, fhirtest.Query{System: true, Types: exporter.CandidateTypes(exporter.LevelSystem)})
@@ -49,7 +48,6 @@ func TestSystemExportMatchesGroundTruth(t *testing.T) {
 }
 
 func TestPatientExportMatchesGroundTruth(t *testing.T) {
-	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	m := e.exportAt("/Patient/$export", nil)
 	if !strings.HasSuffix(m.Request, "/Patient/$export") {
@@ -59,7 +57,6 @@ func TestPatientExportMatchesGroundTruth(t *testing.T) {
 }
 
 func TestPatientParameter(t *testing.T) {
-	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	members := e.sim.Members("half")
 	body := `{"resourceType":"Parameters","parameter":[
@@ -107,7 +104,6 @@ func resourceField(t *testing.T, line []byte) map[string]json.RawMessage {
 }
 
 func TestTypeFilter(t *testing.T) {
-	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	isCategory := func(line []byte, cats ...string) bool {
 		for _, c := range cats {
@@ -154,7 +150,6 @@ func TestTypeFilter(t *testing.T) {
 }
 
 func TestElementsUntilAndAssociatedProvenance(t *testing.T) {
-	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	until := time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC)
 	m := e.exportAt("/Group/small/$export", url.Values{
@@ -205,36 +200,40 @@ func TestElementsUntilAndAssociatedProvenance(t *testing.T) {
 	}
 }
 
+// TestKickoffLimitsAndAccept: a named client (here by a trusted gateway's
+// header; anonymous callers are not bound by max_active_per_client) has
+// one export in progress at a time.
 func TestKickoffLimitsAndAccept(t *testing.T) {
 	t.Parallel()
-	// Anonymous callers have no per-client bound (they are not one
-	// client); export.max_active bounds them all.
-	e := newEnv(t, fhirtest.Options{Latency: 30 * time.Millisecond}, func(c *config.Config) { c.Export.MaxActive = 1 })
-	resp, b := e.do("GET", "/Group/all/$export", http.Header{"Accept": {"application/xml"}}, "")
+	e := newEnv(t, fhirtest.Options{Latency: 30 * time.Millisecond}, func(c *config.Config) {
+		c.Auth.ClientIDHeader, c.Auth.TrustedProxies = "X-Client-Id", "127.0.0.1"
+	})
+	client := http.Header{"X-Client-Id": {"c1"}}
+	e.client.Header = client
+	resp, b := e.do("GET", "/Group/all/$export", http.Header{"Accept": {"application/xml"}, "X-Client-Id": {"c1"}}, "")
 	if resp.StatusCode != http.StatusNotAcceptable {
 		t.Fatalf("Accept xml: %d %s", resp.StatusCode, b)
 	}
 	outcomeCode(t, resp, b)
-	resp, _ = e.do("GET", "/Group/all/$export", nil, "")
+	resp, _ = e.do("GET", "/Group/all/$export", client, "")
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("first kick-off: %d", resp.StatusCode)
 	}
 	first := resp.Header.Get("Content-Location")
-	resp, b = e.do("GET", "/Group/small/$export", nil, "")
+	resp, b = e.do("GET", "/Group/small/$export", client, "")
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || outcomeCode(t, resp, b) != "throttled" {
 		t.Fatalf("second concurrent kick-off: %d %s", resp.StatusCode, b)
 	}
 	if _, err := e.client.Wait(context.Background(), first); err != nil {
 		t.Fatal(err)
 	}
-	resp, _ = e.do("GET", "/Group/small/$export", nil, "")
+	resp, _ = e.do("GET", "/Group/small/$export", client, "")
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("kick-off after the first finished: %d", resp.StatusCode)
 	}
 }
 
 func TestStatusPolledTooFast(t *testing.T) {
-	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Latency: 40 * time.Millisecond}, func(c *config.Config) {
 		c.Export.PollThrottle = true
 		c.Export.Concurrency = 1
@@ -257,7 +256,6 @@ func TestStatusPolledTooFast(t *testing.T) {
 }
 
 func TestCapabilityStatementAndOperationDefinitions(t *testing.T) {
-	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	_, b := e.do("GET", "/metadata", nil, "")
 	var cs struct {

@@ -39,6 +39,7 @@ func (e *env) postExport(path, body string) (*http.Response, []byte) {
 }
 
 func TestSystemExportMatchesGroundTruth(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	m := e.exportAt("/$export", nil)
 	e.verify(m, fhirtest.Query{System: true, Types: exporter.CandidateTypes(exporter.LevelSystem)})
@@ -48,6 +49,7 @@ func TestSystemExportMatchesGroundTruth(t *testing.T) {
 }
 
 func TestPatientExportMatchesGroundTruth(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	m := e.exportAt("/Patient/$export", nil)
 	if !strings.HasSuffix(m.Request, "/Patient/$export") {
@@ -57,6 +59,7 @@ func TestPatientExportMatchesGroundTruth(t *testing.T) {
 }
 
 func TestPatientParameter(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	members := e.sim.Members("half")
 	body := `{"resourceType":"Parameters","parameter":[
@@ -104,6 +107,7 @@ func resourceField(t *testing.T, line []byte) map[string]json.RawMessage {
 }
 
 func TestTypeFilter(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	isCategory := func(line []byte, cats ...string) bool {
 		for _, c := range cats {
@@ -150,6 +154,7 @@ func TestTypeFilter(t *testing.T) {
 }
 
 func TestElementsUntilAndAssociatedProvenance(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	until := time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC)
 	m := e.exportAt("/Group/small/$export", url.Values{
@@ -200,9 +205,6 @@ func TestElementsUntilAndAssociatedProvenance(t *testing.T) {
 	}
 }
 
-// TestKickoffLimitsAndAccept: a named client (here by a trusted gateway's
-// header; anonymous callers are not bound by max_active_per_client) has
-// one export in progress at a time.
 func TestKickoffLimitsAndAccept(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Latency: 30 * time.Millisecond}, func(c *config.Config) {
@@ -234,6 +236,7 @@ func TestKickoffLimitsAndAccept(t *testing.T) {
 }
 
 func TestStatusPolledTooFast(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{Latency: 40 * time.Millisecond}, func(c *config.Config) {
 		c.Export.PollThrottle = true
 		c.Export.Concurrency = 1
@@ -256,6 +259,7 @@ func TestStatusPolledTooFast(t *testing.T) {
 }
 
 func TestCapabilityStatementAndOperationDefinitions(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, fhirtest.Options{}, nil)
 	_, b := e.do("GET", "/metadata", nil, "")
 	var cs struct {

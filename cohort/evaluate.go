@@ -43,7 +43,7 @@ func Validate(ctx context.Context, up exporter.Upstream, d *Definition) error {
 		if declared := caps.Params(f.Type); caps.Declared() {
 			var unknown []string
 			for name := range params {
-				if b := baseParam(name); !strings.HasPrefix(b, "_") && !slices.Contains(declared, b) {
+				if b := exporter.BaseParam(name); !strings.HasPrefix(b, "_") && !slices.Contains(declared, b) {
 					unknown = append(unknown, name)
 				}
 			}
@@ -73,37 +73,13 @@ func Validate(ctx context.Context, up exporter.Upstream, d *Definition) error {
 		if err != nil {
 			return err
 		}
-		if dropped := droppedParams(self, params); len(dropped) > 0 {
+		if dropped := exporter.DroppedParams(self, params); len(dropped) > 0 {
 			slices.Sort(dropped)
 			return invalid("member-filter %q uses %s, which the upstream server ignored (the self link of its answer leaves it out)",
 				f.Expression(), strings.Join(dropped, ", "))
 		}
 	}
 	return nil
-}
-
-// droppedParams returns the parameters of sent that a self link leaves out;
-// nil when the self link lists no parameters at all.
-func droppedParams(self string, sent url.Values) []string {
-	u, err := url.Parse(self)
-	if err != nil || u.RawQuery == "" {
-		return nil
-	}
-	got, err := url.ParseQuery(u.RawQuery)
-	if err != nil {
-		return nil
-	}
-	echoed := map[string]bool{}
-	for k := range got {
-		echoed[baseParam(k)] = true
-	}
-	var out []string
-	for k := range sent {
-		if !echoed[baseParam(k)] {
-			out = append(out, k)
-		}
-	}
-	return out
 }
 
 // patientElements are the elements of a compartment type that reference

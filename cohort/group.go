@@ -339,7 +339,7 @@ func parseExpression(expr string) (Filter, error) {
 		return Filter{}, invalid("member-filter %q has a malformed query", expr)
 	}
 	for name := range params {
-		base := baseParam(name)
+		base := exporter.BaseParam(name)
 		if resultParams[base] {
 			return Filter{}, invalid("member-filter %q uses %s, a search result parameter, which member-filter expressions may not use", expr, name)
 		}
@@ -348,14 +348,6 @@ func parseExpression(expr string) (Filter, error) {
 		}
 	}
 	return Filter{Type: t, Query: query}, nil
-}
-
-// baseParam is a search parameter's name without modifier or chain.
-func baseParam(name string) string {
-	if i := strings.IndexAny(name, ":."); i >= 0 {
-		return name[:i]
-	}
-	return name
 }
 
 func invalid(format string, args ...any) *exporter.Error {

@@ -61,11 +61,11 @@ func countOf(ctx context.Context, up Upstream, rtype string, params url.Values) 
 	return 0, false, nil
 }
 
-// droppedParams returns the search parameters of sent that the upstream's
+// DroppedParams returns the search parameters of sent that the upstream's
 // self link leaves out: a server that ignores a parameter it does not know
 // says so there. It returns nil when the self link lists no parameters at
 // all (the server does not echo them, or the search was a POST).
-func droppedParams(self string, sent url.Values) []string {
+func DroppedParams(self string, sent url.Values) []string {
 	u, err := url.Parse(self)
 	if err != nil || u.RawQuery == "" {
 		return nil
@@ -76,19 +76,19 @@ func droppedParams(self string, sent url.Values) []string {
 	}
 	echoed := map[string]bool{}
 	for k := range got {
-		echoed[baseParam(k)] = true
+		echoed[BaseParam(k)] = true
 	}
 	var out []string
 	for k := range sent {
-		if !echoed[baseParam(k)] {
+		if !echoed[BaseParam(k)] {
 			out = append(out, k)
 		}
 	}
 	return out
 }
 
-// baseParam is a search parameter's name without its modifier or chain.
-func baseParam(name string) string {
+// BaseParam is a search parameter's name without its modifier or chain.
+func BaseParam(name string) string {
 	if i := strings.IndexAny(name, ":."); i >= 0 {
 		return name[:i]
 	}

@@ -195,7 +195,7 @@ func (s *Service) checkTypeFilters(ctx context.Context, up Upstream, req *Reques
 			if declared := caps.Params(t); len(declared) > 0 {
 				var unknown []string
 				for name := range params {
-					if b := baseParam(name); !strings.HasPrefix(b, "_") && !slices.Contains(declared, b) {
+					if b := BaseParam(name); !strings.HasPrefix(b, "_") && !slices.Contains(declared, b) {
 						unknown = append(unknown, name)
 					}
 				}
@@ -222,7 +222,7 @@ func (s *Service) checkTypeFilters(ctx context.Context, up Upstream, req *Reques
 			if err != nil {
 				return err
 			}
-			if dropped := droppedParams(page.Self, params); len(dropped) > 0 {
+			if dropped := DroppedParams(page.Self, params); len(dropped) > 0 {
 				if err := refuse(t, f, dropped, "ignored (the self link of its answer leaves it out)"); err != nil {
 					return err
 				}

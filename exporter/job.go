@@ -180,10 +180,16 @@ type Job struct {
 	ExpiresAt time.Time `json:"expiresAt,omitempty"`
 	// Attempts counts how often the job was started.
 	Attempts int `json:"attempts"`
-	// WorkerID and LeaseUntil say which process runs the job and until when
-	// its claim holds (for stores shared by several processes).
-	WorkerID   string    `json:"workerId,omitempty"`
-	LeaseUntil time.Time `json:"leaseUntil,omitempty"`
+	// WorkerID is the replica that drives the running job: it plans it,
+	// runs its phase steps (sealing, planning reference rounds) and
+	// completes it, while every replica runs its units. DriverToken grows
+	// with every new driver: the driver's writes carry it, so a replica
+	// that lost the job (its heartbeat went stale and another took over)
+	// writes nothing more. LeaseUntil is unused since issue 13 (replica
+	// heartbeats tell which drivers live) and kept for old records.
+	WorkerID    string    `json:"workerId,omitempty"`
+	DriverToken int64     `json:"driverToken,omitempty"`
+	LeaseUntil  time.Time `json:"leaseUntil,omitempty"`
 	// Reason records why the job last changed state.
 	Reason string `json:"reason,omitempty"`
 	// Message is the client-facing failure message of a failed job.
@@ -322,9 +328,22 @@ type Unit struct {
 	// NoCursor is set once the upstream forgot this unit's paging cursor
 	// again after a restart: further cursor losses bisect at once.
 	NoCursor bool `json:"noCursor,omitempty"`
+	// Epoch is the lease token under which the unit's part file was
+	// begun: the part file is named by it, so that a replica that lost the
+	// unit (paused past its lease) writes only to a file nobody reads any
+	// more. A replica that takes a unit over copies the checkpointed bytes
+	// to a part file of its own epoch (0: a record of before issue 13).
+	Epoch int64 `json:"epoch,omitempty"`
+	// Fatal is set with UnitFailed when the unit failed for a reason that
+	// ends the job (its part file or checkpoint could not be stored) on a
+	// replica that does not drive the job: the driver then fails it.
+	Fatal bool `json:"fatal,omitempty"`
 }
 
 // PartKey returns the Blobs key of the unit's part file.
 func (u *Unit) PartKey(jobID string) string {
+	if u.Epoch > 0 {
+		return fmt.Sprintf("%s/part-%06d-e%d.ndjson", jobID, u.ID, u.Epoch)
+	}
 	return fmt.Sprintf("%s/part-%06d.ndjson", jobID, u.ID)
 }

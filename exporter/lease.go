@@ -16,14 +16,16 @@ type Lease struct {
 	Owner   string
 	Token   int64
 	Expires time.Time
+	// Unit is the unit as stored when it was claimed (ClaimUnits only).
+	Unit Unit
 }
 
 // Leaser hands out work units to replicas with leases. PostgreSQL
 // implements it with FOR UPDATE SKIP LOCKED and its own clock; bbolt (one
 // process) in memory. Implementations must pass storetest.RunLeases.
 //
-// The runner does not use it yet: it is the store half of issue 13's
-// multi-replica runner.
+// Every Store the Service runs on must implement it: the runner claims
+// every unit it runs, alone or in a cluster (one execution path).
 type Leaser interface {
 	// ClaimUnits leases up to n pending units of the job that nobody holds
 	// (no lease, or an expired one) to owner for ttl, in unit id order.
@@ -38,6 +40,18 @@ type Leaser interface {
 	// l is still the unit's current lease; a stale token fails with
 	// ECONFLICT wrapping ErrConflict and writes nothing.
 	PutUnitFenced(ctx context.Context, l Lease, u Unit) error
+	// PutUnitsDriven creates or replaces units of a job (as PutUnits) only
+	// while the job is driven by owner with driver token token (Job.WorkerID
+	// and Job.DriverToken); otherwise it fails with ECONFLICT wrapping
+	// ErrConflict and writes nothing. A replica that lost a job it drove
+	// (paused past its heartbeat) cannot plan over its successor's units.
+	PutUnitsDriven(ctx context.Context, jobID, owner string, token int64, units []Unit) error
+}
+
+// ErrJobLost is the error of a driver's write to a job another replica
+// took over.
+func ErrJobLost(jobID string) error {
+	return &Error{Kind: ECONFLICT, Message: "job " + jobID + " is driven by another replica now", Err: ErrConflict}
 }
 
 // ErrLeaseLost is the error of a write or renewal with a stale lease.

@@ -332,6 +332,7 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	defer s.forgetJobLeases(id)
 	return s.db.Update(func(tx *bolt.Tx) error {
 		j, err := get(tx, id)
 		if exporter.ErrorKind(err) == exporter.ENOTFOUND {

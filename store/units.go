@@ -28,17 +28,11 @@ func (s *Store) PutUnits(ctx context.Context, jobID string, units []exporter.Uni
 		return nil
 	}
 	// Encode outside the transaction: Batch may run the function twice.
-	vals := make([][]byte, len(units))
-	for i := range units {
-		if units[i].ID < 0 {
-			return exporter.Errorf(exporter.EINVALID, "unit id %d of job %s is negative", units[i].ID, jobID)
-		}
-		b, err := json.Marshal(&units[i])
-		if err != nil {
-			return fmt.Errorf("store: encode unit: %w", err)
-		}
-		vals[i] = b
+	vals, err := encodeUnits(jobID, units)
+	if err != nil {
+		return err
 	}
+	defer s.forgetPending(jobID)
 	return s.db.Batch(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketJobs).Get([]byte(jobID)) == nil {
 			return notFound("job %s not found", jobID)
@@ -51,6 +45,22 @@ func (s *Store) PutUnits(ctx context.Context, jobID string, units []exporter.Uni
 		}
 		return nil
 	})
+}
+
+// encodeUnits encodes units for their bbolt values.
+func encodeUnits(jobID string, units []exporter.Unit) ([][]byte, error) {
+	vals := make([][]byte, len(units))
+	for i := range units {
+		if units[i].ID < 0 {
+			return nil, exporter.Errorf(exporter.EINVALID, "unit id %d of job %s is negative", units[i].ID, jobID)
+		}
+		b, err := json.Marshal(&units[i])
+		if err != nil {
+			return nil, fmt.Errorf("store: encode unit: %w", err)
+		}
+		vals[i] = b
+	}
+	return vals, nil
 }
 
 // Units returns a job's work units in id order.

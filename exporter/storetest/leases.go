@@ -33,6 +33,8 @@ func RunLeases(t *testing.T, open func(t *testing.T) LeaseStore) {
 		{"DoneNotClaimed", testDoneNotClaimed},
 		{"ConcurrentClaims", testConcurrentClaims},
 		{"NoJob", testNoJob},
+		{"ClaimCarriesUnit", testClaimCarriesUnit},
+		{"DrivenPlanFenced", testDrivenPlanFenced},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -261,4 +263,68 @@ func testNoJob(t *testing.T, s LeaseStore) {
 	}
 	wantLost(t, "checkpoint without a lease", s.PutUnitFenced(context.Background(),
 		exporter.Lease{JobID: "missing", UnitID: 0, Owner: "a", Token: 1}, exporter.Unit{ID: 0}))
+}
+
+// A claim hands out the unit as stored, checkpoint included.
+func testClaimCarriesUnit(t *testing.T, s LeaseStore) {
+	withUnits(t, s, 2)
+	a := claim(t, s, "a", 1, longTTL)
+	u := a[0].Unit
+	if u.ID != 0 || u.Type != "Observation" || len(u.Values) != 1 || u.Values[0] != "p0" {
+		t.Fatalf("claimed unit %+v", u)
+	}
+	u.PartLen, u.Next = 99, "next-link"
+	if err := s.PutUnitFenced(context.Background(), a[0], u); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReleaseLease(context.Background(), a[0]); err != nil {
+		t.Fatal(err)
+	}
+	b := claim(t, s, "b", 1, longTTL)
+	if len(b) != 1 || b[0].UnitID != 0 || b[0].Unit.PartLen != 99 || b[0].Unit.Next != "next-link" {
+		t.Fatalf("re-claimed %+v, want unit 0 with its checkpoint", b)
+	}
+	if b[0].Token <= a[0].Token {
+		t.Fatalf("token %d after %d: it must grow", b[0].Token, a[0].Token)
+	}
+}
+
+// Units planned by a driver are written only while it drives the job.
+func testDrivenPlanFenced(t *testing.T, s LeaseStore) {
+	ctx := context.Background()
+	withUnits(t, s, 1)
+	if _, err := s.Update(ctx, "j", func(j *exporter.Job) error {
+		j.WorkerID, j.DriverToken = "a", 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	plan := []exporter.Unit{{ID: 1, Round: 1, Type: "Practitioner", Param: "_id", Values: []string{"x"}, State: exporter.UnitPending}}
+	if err := s.PutUnitsDriven(ctx, "j", "a", 1, plan); err != nil {
+		t.Fatal(err)
+	}
+	// b takes the job over; a's next plan is refused and writes nothing.
+	if _, err := s.Update(ctx, "j", func(j *exporter.Job) error {
+		j.WorkerID, j.DriverToken = "b", 2
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stale := []exporter.Unit{{ID: 1, Round: 1, Type: "Practitioner", Param: "_id", Values: []string{"y"}, State: exporter.UnitPending}, {ID: 2, Type: "Organization", State: exporter.UnitPending}}
+	err := s.PutUnitsDriven(ctx, "j", "a", 1, stale)
+	if !errors.Is(err, exporter.ErrConflict) || exporter.ErrorKind(err) != exporter.ECONFLICT {
+		t.Fatalf("stale driver's plan: %v, want ECONFLICT", err)
+	}
+	us, err := s.Units(ctx, "j")
+	if err != nil || len(us) != 2 || us[1].Values[0] != "x" {
+		t.Fatalf("units after a stale plan: %+v %v", us, err)
+	}
+	// The new driver's plan lands, and is claimable.
+	if err := s.PutUnitsDriven(ctx, "j", "b", 2, stale[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if got := unitIDs(claim(t, s, "c", 10, longTTL)); fmt.Sprint(got) != "[0 1 2]" {
+		t.Fatalf("claimed %v, want [0 1 2]", got)
+	}
+	wantKind(t, "plan of a missing job", s.PutUnitsDriven(ctx, "nope", "b", 2, stale[1:]), exporter.ENOTFOUND)
 }

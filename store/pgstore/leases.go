@@ -32,7 +32,7 @@ func (s *Store) ClaimUnits(ctx context.Context, jobID, owner string, n int, ttl 
 		UPDATE units u SET lease_owner = $3, lease_token = u.lease_token + 1,
 			lease_expires = clock_timestamp() + $4 * interval '1 microsecond'
 		FROM c WHERE u.job_id = c.job_id AND u.id = c.id
-		RETURNING u.id, u.lease_token, u.lease_expires`, jobID, n, owner, ttl.Microseconds())
+		RETURNING u.id, u.lease_token, u.lease_expires, u.doc`, jobID, n, owner, ttl.Microseconds())
 	if err != nil {
 		return nil, err
 	}
@@ -41,9 +41,14 @@ func (s *Store) ClaimUnits(ctx context.Context, jobID, owner string, n int, ttl 
 		id      int32
 		token   int64
 		expires time.Time
+		doc     []byte
 	)
-	_, err = pgx.ForEachRow(rows, []any{&id, &token, &expires}, func() error {
-		out = append(out, exporter.Lease{JobID: jobID, UnitID: int(id), Owner: owner, Token: token, Expires: expires.UTC()})
+	_, err = pgx.ForEachRow(rows, []any{&id, &token, &expires, &doc}, func() error {
+		l := exporter.Lease{JobID: jobID, UnitID: int(id), Owner: owner, Token: token, Expires: expires.UTC()}
+		if err := json.Unmarshal(doc, &l.Unit); err != nil {
+			return fmt.Errorf("pgstore: decode unit %d of job %s: %w", id, jobID, err)
+		}
+		out = append(out, l)
 		return nil
 	})
 	if err != nil {
@@ -101,4 +106,33 @@ func (s *Store) PutUnitFenced(ctx context.Context, l exporter.Lease, u exporter.
 		return exporter.ErrLeaseLost(l)
 	}
 	return nil
+}
+
+// PutUnitsDriven writes units in a transaction that first locks the job's
+// row FOR SHARE and checks its driver: a take-over (which locks the row FOR
+// UPDATE) waits for it, or it sees the new driver and writes nothing.
+func (s *Store) PutUnitsDriven(ctx context.Context, jobID, owner string, token int64, units []exporter.Unit) error {
+	ids, docs, err := encodeUnits(jobID, units)
+	if err != nil || len(ids) == 0 {
+		return err
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var worker string
+		var tok int64
+		err := tx.QueryRow(ctx, `SELECT coalesce(doc->>'workerId', ''), coalesce((doc->>'driverToken')::bigint, 0)
+			FROM jobs WHERE id = $1 FOR SHARE`, jobID).Scan(&worker, &tok)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return notFound("job %s not found", jobID)
+		}
+		if err != nil {
+			return err
+		}
+		if worker != owner || tok != token {
+			return exporter.ErrJobLost(jobID)
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO units (job_id, id, doc)
+			SELECT $1, u.id, u.doc::json FROM unnest($2::int[], $3::text[]) AS u(id, doc)
+			ON CONFLICT (job_id, id) DO UPDATE SET doc = excluded.doc`, jobID, ids, docs)
+		return err
+	})
 }

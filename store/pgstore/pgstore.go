@@ -439,21 +439,11 @@ func (s *Store) PutUnits(ctx context.Context, jobID string, units []exporter.Uni
 	if len(units) == 0 {
 		return nil
 	}
-	ids := make([]int32, len(units))
-	docs := make([]string, len(units))
-	for i := range units {
-		if units[i].ID < 0 {
-			return exporter.Errorf(exporter.EINVALID, "unit id %d of job %s is negative", units[i].ID, jobID)
-		}
-		b, err := json.Marshal(&units[i])
-		if err != nil {
-			return fmt.Errorf("pgstore: encode unit: %w", err)
-		}
-		ids[i], docs[i] = int32(units[i].ID), string(b)
+	ids, docs, err := encodeUnits(jobID, units)
+	if err != nil {
+		return err
 	}
-	// A unit listed twice keeps its last version, as with bbolt.
-	ids, docs = lastOfEach(ids, docs)
-	_, err := s.pool.Exec(ctx, `INSERT INTO units (job_id, id, doc)
+	_, err = s.pool.Exec(ctx, `INSERT INTO units (job_id, id, doc)
 		SELECT $1, u.id, u.doc::json FROM unnest($2::int[], $3::text[]) AS u(id, doc)
 		ON CONFLICT (job_id, id) DO UPDATE SET doc = excluded.doc`, jobID, ids, docs)
 	if pgCode(err) == foreignKeyViolation {
@@ -480,6 +470,25 @@ func lastOfEach(ids []int32, docs []string) ([]int32, []string) {
 		}
 	}
 	return oi, od
+}
+
+// encodeUnits encodes units for PutUnits; a unit listed twice keeps its
+// last version, as with bbolt.
+func encodeUnits(jobID string, units []exporter.Unit) ([]int32, []string, error) {
+	ids := make([]int32, len(units))
+	docs := make([]string, len(units))
+	for i := range units {
+		if units[i].ID < 0 {
+			return nil, nil, exporter.Errorf(exporter.EINVALID, "unit id %d of job %s is negative", units[i].ID, jobID)
+		}
+		b, err := json.Marshal(&units[i])
+		if err != nil {
+			return nil, nil, fmt.Errorf("pgstore: encode unit: %w", err)
+		}
+		ids[i], docs[i] = int32(units[i].ID), string(b)
+	}
+	ids, docs = lastOfEach(ids, docs)
+	return ids, docs, nil
 }
 
 // Units returns a job's work units in id order.

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -54,7 +55,15 @@ func TestRestartKeepsCompletedAndFinishesRunning(t *testing.T) {
 					t.Fatal(err)
 				}
 				id := running[strings.LastIndex(running, "/")+1:]
-				if _, err := st.Transition(context.Background(), id, exporter.StateQueued, exporter.StateRunning, "test: simulated crash", nil); err != nil {
+				// (A graceful stop hands the job over: still running, with
+				// no driver.)
+				if _, err := st.Update(context.Background(), id, func(j *exporter.Job) error {
+					if j.State != exporter.StateRunning || j.WorkerID != "" {
+						return fmt.Errorf("stopped job: %s driven by %q, want running without a driver", j.State, j.WorkerID)
+					}
+					j.WorkerID, j.DriverToken = "replica-that-died", j.DriverToken+1
+					return nil
+				}); err != nil {
 					t.Fatal(err)
 				}
 				_ = st.Close()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -79,7 +80,15 @@ func TestPostgresS3Export(t *testing.T) {
 					t.Fatal(err)
 				}
 				id := running[strings.LastIndex(running, "/")+1:]
-				if _, err := st.Transition(ctx, id, exporter.StateQueued, exporter.StateRunning, "test: simulated crash", nil); err != nil {
+				// (A graceful stop hands the job over: still running, with
+				// no driver.)
+				if _, err := st.Update(ctx, id, func(j *exporter.Job) error {
+					if j.State != exporter.StateRunning || j.WorkerID != "" {
+						return fmt.Errorf("stopped job: %s driven by %q, want running without a driver", j.State, j.WorkerID)
+					}
+					j.WorkerID, j.DriverToken = "replica-that-died", j.DriverToken+1
+					return nil
+				}); err != nil {
 					t.Fatal(err)
 				}
 				_ = st.Close()

@@ -148,16 +148,13 @@ func (s *Service) Cancel(ctx context.Context, id, reason string) error {
 			return err
 		}
 		s.opts.Metrics.JobFinished(string(StateCancelled))
-		s.mu.Lock()
-		r := s.running[id]
-		s.mu.Unlock()
-		if r != nil {
-			r.cancel(errCancelled) // the run removes the files once stopped
-			return nil
+		if s.stopRun(ctx, j, errCancelled) {
+			return nil // the job's driver removes the files once stopped
 		}
 		if err := s.opts.Blobs.DeleteJob(ctx, id); err != nil {
 			s.log.Error().Err(err).Str("job_id", id).Msg("remove files of cancelled job")
 		}
+		s.purgeAgain(id)
 		return nil
 	}
 	return Errorf(ECONFLICT, "job %s is changing state; try again", id)

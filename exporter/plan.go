@@ -43,10 +43,9 @@ func (r *jobRun) filters(rtype string) []string {
 
 // plan resolves the patients and persists the round-0 units.
 func (r *jobRun) plan(ctx context.Context) error {
-	// Nothing of an earlier attempt that died before planning is kept.
-	if err := r.s.opts.Blobs.DeleteJob(ctx, r.job.ID); err != nil {
-		return &fatal{fmt.Errorf("clean earlier attempt: %w", err)}
-	}
+	// Nothing is removed first: an attempt that died before its plan was
+	// stored wrote nothing, and removing the job's files here could hit the
+	// parts of a driver that took over while this one was paused.
 	req := &r.job.Request
 	var members []string
 	var err error
@@ -147,15 +146,18 @@ func (r *jobRun) plan(ctx context.Context) error {
 		hist, notes := r.historyUnits(ctx, len(units))
 		units = append(units, hist...)
 		if len(notes) > 0 {
-			j, err := r.s.opts.Store.Update(ctx, r.job.ID, func(j *Job) error { j.Notes = append(j.Notes, notes...); return nil })
+			j, err := r.update(ctx, func(j *Job) error { j.Notes = append(j.Notes, notes...); return nil })
+			if errors.Is(err, ErrConflict) {
+				return err
+			}
 			if err != nil {
 				return &fatal{err}
 			}
 			r.job = j
 		}
 	}
-	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, units); err != nil {
-		return &fatal{err}
+	if err := r.putUnits(ctx, units); err != nil {
+		return err
 	}
 	r.units = units
 	return nil

@@ -69,9 +69,15 @@ func (s *Service) Queue(ctx context.Context) (*Queue, error) {
 	return q, nil
 }
 
-// RunningHere returns the number of jobs this process is running now.
+// RunningHere returns the number of jobs this replica drives now.
 func (s *Service) RunningHere() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.running)
+	n := 0
+	for _, r := range s.running {
+		if r.driver {
+			n++
+		}
+	}
+	return n
 }

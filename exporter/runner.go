@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -15,7 +16,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"golang.org/x/sync/errgroup"
 )
 
 // DESIGN: how a job survives crashes, restarts and forgetful upstreams.
@@ -77,33 +77,51 @@ func (s *Service) execute(ctx context.Context, j *Job) {
 	case errors.Is(cause, errDeleted):
 		log.Info().Msg("export job deleted while running")
 		s.purge(bg, j.ID)
+		s.purgeAgain(j.ID)
 	case errors.Is(cause, errCancelled):
 		log.Info().Msg("export job cancelled by an operator")
 		if derr := s.opts.Blobs.DeleteJob(bg, j.ID); derr != nil {
 			log.Error().Err(derr).Msg("remove files of cancelled job")
 		}
+		s.purgeAgain(j.ID)
+	case errors.Is(cause, errJobLost) || errors.Is(err, ErrConflict) && s.lostJob(bg, j):
+		log.Warn().Msg("another replica drives the export job now; this replica stopped driving it")
 	case errors.Is(cause, errShutdown) || errors.Is(err, errShutdown):
-		_, terr := s.opts.Store.Transition(bg, j.ID, StateRunning, StateQueued, "interrupted by shutdown", func(j *Job) error {
-			j.WorkerID, j.LeaseUntil = "", time.Time{}
+		// Handed over: the job stays running without a driver, and the
+		// next replica to look (or this one after its restart) drives it
+		// on from the checkpoints, while units run on elsewhere.
+		_, terr := s.opts.Store.Update(bg, j.ID, func(cur *Job) error {
+			if cur.State != StateRunning || cur.WorkerID != s.opts.WorkerID || cur.DriverToken != j.DriverToken {
+				return ErrJobLost(cur.ID)
+			}
+			cur.WorkerID, cur.LeaseUntil = "", time.Time{}
+			cur.Reason = "driver stopped; another replica (or this one after its restart) resumes it"
 			return nil
 		})
 		if terr != nil && !errors.Is(terr, ErrConflict) {
-			log.Error().Err(terr).Msg("requeue interrupted job")
+			log.Error().Err(terr).Msg("hand over interrupted job")
 		}
-		log.Info().Msg("export job interrupted by shutdown; it resumes at the next start")
+		log.Info().Msg("export job interrupted by shutdown; it resumes from its checkpoints")
 	case errors.Is(err, ErrConflict):
-		// The job left the running state under us: it was deleted.
+		// The job left the running state under us: it was deleted or
+		// cancelled.
 		if cur, gerr := s.opts.Store.Get(bg, j.ID); gerr == nil && cur.Deleted {
 			s.purge(bg, j.ID)
+			s.purgeAgain(j.ID)
 		} else if gerr == nil && cur.State == StateCancelled {
 			if derr := s.opts.Blobs.DeleteJob(bg, j.ID); derr != nil {
 				log.Error().Err(derr).Msg("remove files of cancelled job")
 			}
+			s.purgeAgain(j.ID)
 		}
 	case err != nil:
 		log.Error().Err(err).Msg("export job failed")
 		now := s.opts.Now().UTC()
-		_, terr := s.opts.Store.Transition(bg, j.ID, StateRunning, StateFailed, "failed: "+err.Error(), func(j *Job) error {
+		_, terr := s.opts.Store.Transition(bg, j.ID, StateRunning, StateFailed, "failed: "+err.Error(), func(cur *Job) error {
+			if cur.WorkerID != s.opts.WorkerID || cur.DriverToken != j.DriverToken {
+				return ErrJobLost(cur.ID)
+			}
+			j := cur
 			j.Message = failureMessage(err)
 			j.FinishedAt = now
 			j.ExpiresAt = now.Add(s.opts.Retention)
@@ -121,6 +139,13 @@ func (s *Service) execute(ctx context.Context, j *Job) {
 		s.opts.Metrics.JobFinished(string(StateCompleted))
 		log.Info().Dur("took", time.Since(start)).Msg("export job completed")
 	}
+}
+
+// lostJob reports whether another replica drives job j now.
+func (s *Service) lostJob(ctx context.Context, j *Job) bool {
+	cur, err := s.opts.Store.Get(ctx, j.ID)
+	return err == nil && cur.State == StateRunning && !cur.Deleted &&
+		(cur.WorkerID != s.opts.WorkerID || cur.DriverToken != j.DriverToken)
 }
 
 func failureMessage(err error) string {
@@ -170,18 +195,28 @@ type jobRun struct {
 	// compartment types are sealed).
 	early *earlyBuilds
 
-	mu       sync.Mutex // guards units' progress view and lastSave
+	// ctx is the run's context (for progress saves after a unit).
+	ctx context.Context
+	// driving is set when this replica drives the job (Job.WorkerID) with
+	// driver token token; else it only runs units (a helper).
+	driving bool
+	token   int64
+
+	mu       sync.Mutex // guards units' progress view, seen and lastSave
 	units    []Unit
+	seen     map[int]bool // units noted settled (noteSettled)
 	lastSave time.Time
 	phase    string
 }
 
-func (s *Service) runJob(ctx context.Context, j *Job, log zerolog.Logger) error {
+// newJobRun prepares a run of job j: the upstream, the bounds and filters
+// every search of the job carries.
+func (s *Service) newJobRun(ctx context.Context, j *Job, log zerolog.Logger, driving bool) (*jobRun, error) {
 	up, err := s.opts.UpstreamFor(j.Request.PathVars)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	r := &jobRun{s: s, job: j, up: up, log: log, base: up.BaseURL(), wanted: map[string]bool{}}
+	r := &jobRun{s: s, job: j, up: up, log: log, base: up.BaseURL(), wanted: map[string]bool{}, ctx: ctx, driving: driving, token: j.DriverToken}
 	r.attachments = newAttachmentRewriter(r.base, j.Request.BaseURL, j.ID)
 	r.lastUpdated = []string{"le" + j.TransactionTime.UTC().Format(instantFormat)}
 	if j.Request.Since != nil {
@@ -199,6 +234,46 @@ func (s *Service) runJob(ctx context.Context, j *Job, log zerolog.Logger) error 
 		if caps, err := up.Capabilities(ctx); err == nil && caps.SearchParam("_elements") {
 			r.upstreamElements = strings.Join(j.Request.Elements, ",")
 		}
+	}
+	return r, nil
+}
+
+// fence wraps a mutation of the job by its driver: it fails with
+// ErrJobLost when another replica drives the job now.
+func (r *jobRun) fence(mutate func(*Job) error) func(*Job) error {
+	return func(j *Job) error {
+		if j.WorkerID != r.s.opts.WorkerID || j.DriverToken != r.token {
+			return ErrJobLost(j.ID)
+		}
+		if mutate == nil {
+			return nil
+		}
+		return mutate(j)
+	}
+}
+
+// update changes the job as its driver.
+func (r *jobRun) update(ctx context.Context, mutate func(*Job) error) (*Job, error) {
+	return r.s.opts.Store.Update(ctx, r.job.ID, r.fence(mutate))
+}
+
+// putUnits persists planned units as the job's driver.
+func (r *jobRun) putUnits(ctx context.Context, units []Unit) error {
+	if err := r.s.leaser.PutUnitsDriven(ctx, r.job.ID, r.s.opts.WorkerID, r.token, units); err != nil {
+		if errors.Is(err, ErrConflict) {
+			return err
+		}
+		return &fatal{err}
+	}
+	return nil
+}
+
+// runJob drives job j: it plans it (or resumes its plan), runs its rounds
+// beside the other replicas and runs every phase step.
+func (s *Service) runJob(ctx context.Context, j *Job, log zerolog.Logger) error {
+	r, err := s.newJobRun(ctx, j, log, true)
+	if err != nil {
+		return err
 	}
 	if r.units, err = s.opts.Store.Units(ctx, j.ID); err != nil {
 		return &fatal{err}
@@ -255,59 +330,207 @@ func (r *jobRun) hasRound(round int) bool {
 	return false
 }
 
-// runRound runs the pending units of a round with bounded concurrency.
-// Upstream failures end a unit; anything else ends the round.
+// runRound runs the round's units to their end: this replica claims and
+// runs them (up to UnitWorkers at once) beside the other replicas, and
+// waits for those others hold. Upstream failures end a unit; anything else
+// ends the round.
 func (r *jobRun) runRound(ctx context.Context, round int) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(r.s.opts.UnitWorkers)
-	for i := range r.units {
-		u := &r.units[i]
-		if u.Round != round || u.State != UnitPending {
-			continue
-		}
-		rtype, history := u.Type, u.Param == historyParam
-		g.Go(func() error {
-			if err := r.runUnit(gctx, i); err != nil {
-				return err
-			}
-			r.unitDone(gctx)
-			if round == 0 && !history && r.early != nil {
-				r.early.unitFinished(rtype)
-			}
-			return nil
-		})
-	}
-	return g.Wait()
+	return r.work(ctx, true)
 }
 
-// runUnit runs one unit to its end from its checkpoint. Its upstream
-// requests share a retry budget (Options.UnitRetryBudget) so that a unit
-// against a failing upstream ends instead of retrying forever page by page.
+// unitResult is how one leased unit's run ended.
+type unitResult struct {
+	unit Unit
+	err  error
+}
+
+// errLeaseLost ends the run of a unit another replica took over.
+var errLeaseLost = errors.New("lease of the work unit was lost")
+
+// maxClaimFailures is how many claims in a row may fail (the store being
+// unreachable) before the run gives up.
+const maxClaimFailures = 20
+
+// work claims the job's pending units and runs them, up to UnitWorkers at
+// once, until nothing is left to claim. The driver (settle) then waits
+// until no unit of the job is pending anywhere: units other replicas hold
+// finish there, or their leases expire and this replica claims them. A
+// helper returns as soon as it has nothing to claim and nothing running.
+func (r *jobRun) work(parent context.Context, settle bool) error {
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	workers := r.s.opts.UnitWorkers
+	results := make(chan unitResult, workers)
+	active, claimFailures := 0, 0
+	var firstErr error
+	tick := time.NewTicker(r.s.opts.ClaimInterval)
+	defer tick.Stop()
+	for {
+		claimed := 0
+		if firstErr == nil && ctx.Err() == nil && active < workers {
+			leases, err := r.s.leaser.ClaimUnits(ctx, r.job.ID, r.s.opts.WorkerID, workers-active, r.s.opts.LeaseTTL)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				claimFailures++
+				r.log.Warn().Err(err).Int("failures", claimFailures).Msg("claim work units")
+				if claimFailures >= maxClaimFailures {
+					firstErr = &fatal{err}
+					cancel(firstErr)
+				}
+			case err == nil:
+				claimFailures = 0
+			}
+			for _, l := range leases {
+				active++
+				claimed++
+				r.s.opts.Metrics.UnitClaimed(l.Unit.Epoch != 0 && l.Unit.Epoch != l.Token && l.Unit.PartLen > 0)
+				go func() {
+					u, err := r.runLeased(ctx, l)
+					results <- unitResult{u, err}
+				}()
+			}
+		}
+		if active == 0 {
+			if firstErr != nil {
+				return firstErr
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if claimed == 0 && !settle {
+				return nil
+			}
+			if claimed == 0 {
+				units, err := r.s.opts.Store.Units(ctx, r.job.ID)
+				if err != nil {
+					return &fatal{err}
+				}
+				pending, fatalUnit := r.refresh(units)
+				if fatalUnit != nil {
+					return &fatal{errors.New(fatalUnit.Error)}
+				}
+				if pending == 0 {
+					return nil
+				}
+			}
+		}
+		select {
+		case res := <-results:
+			active--
+			switch {
+			case res.err == nil:
+				r.settled(res.unit)
+			case errors.Is(res.err, errLeaseLost):
+				r.log.Warn().Int("unit", res.unit.ID).Msg("work unit taken over by another replica")
+			case firstErr == nil:
+				firstErr = res.err
+				cancel(res.err)
+			}
+		case <-tick.C:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// runLeased runs one claimed unit: it keeps the lease renewed while the
+// unit runs and gives it up afterwards. A lease lost (renewal refused, or
+// not renewed for a whole TTL) stops the unit with errLeaseLost.
+func (r *jobRun) runLeased(parent context.Context, l Lease) (Unit, error) {
+	ctx, cancel := context.WithCancelCause(parent)
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		r.s.renew(ctx, l, func() { cancel(errLeaseLost) })
+	}()
+	u, err := r.runUnit(ctx, l)
+	cancel(nil)
+	<-renewed
+	if context.Cause(ctx) == errLeaseLost && err != nil {
+		err = errLeaseLost
+	}
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(parent), 10*time.Second)
+	if rerr := r.s.leaser.ReleaseLease(rctx, l); rerr != nil {
+		r.log.Debug().Err(rerr).Int("unit", l.UnitID).Msg("release unit lease")
+	}
+	rcancel()
+	if err == nil || errors.Is(err, errLeaseLost) || errors.Is(err, errShutdown) || parent.Err() != nil {
+		return u, err
+	}
+	var fe *fatal
+	if !r.driving && errors.As(err, &fe) {
+		// A helper cannot fail the job: it records why in the unit, and
+		// the driver fails the job when it sees it.
+		u.State, u.Fatal, u.Error = UnitFailed, true, failureMessage(err)
+		r.log.Error().Err(err).Int("unit", u.ID).Msg("work unit could not be stored; the job fails")
+		if perr := r.s.leaser.PutUnitFenced(context.WithoutCancel(parent), l, u); perr != nil {
+			r.log.Error().Err(perr).Int("unit", u.ID).Msg("record work unit failure")
+		}
+		return u, nil
+	}
+	return u, err
+}
+
+// renew renews l every third of its TTL until ctx ends; lost is called
+// when the lease was taken over, or could not be renewed for a whole TTL.
+func (s *Service) renew(ctx context.Context, l Lease, lost func()) {
+	every := s.opts.LeaseTTL / 3
+	t := time.NewTicker(every)
+	defer t.Stop()
+	lastOK := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		nl, err := s.leaser.RenewLease(ctx, l, s.opts.LeaseTTL)
+		switch {
+		case err == nil:
+			l, lastOK = nl, time.Now()
+		case errors.Is(err, ErrConflict):
+			s.opts.Metrics.LeaseLost()
+			lost()
+			return
+		case ctx.Err() != nil:
+			return
+		case time.Since(lastOK) >= s.opts.LeaseTTL:
+			s.log.Warn().Err(err).Str("job_id", l.JobID).Int("unit", l.UnitID).Msg("unit lease could not be renewed for a whole TTL; giving the unit up")
+			s.opts.Metrics.LeaseLost()
+			lost()
+			return
+		default:
+			s.log.Warn().Err(err).Str("job_id", l.JobID).Int("unit", l.UnitID).Msg("renew unit lease")
+		}
+	}
+}
+
+// runUnit runs one claimed unit to its end from its checkpoint. Its
+// upstream requests share a retry budget (Options.UnitRetryBudget) so that
+// a unit against a failing upstream ends instead of retrying forever page
+// by page. It returns the unit as last checkpointed.
 //
-// The unit is worked on as a copy; checkpoint publishes it to r.units.
-func (r *jobRun) runUnit(parent context.Context, i int) error {
+// The part file is named by the lease's token (Unit.Epoch): a unit begun
+// under another lease has the checkpointed bytes of its old part file
+// copied to a new one first, so that whoever held it before writes only
+// to a file nobody reads.
+func (r *jobRun) runUnit(parent context.Context, l Lease) (Unit, error) {
 	ctx := WithRetryBudget(parent, int64(r.s.opts.UnitRetryBudget))
 	r.s.opts.Metrics.UnitStarted()
 	defer r.s.opts.Metrics.UnitFinished()
-	r.mu.Lock()
-	unit := r.units[i]
-	r.mu.Unlock()
+	unit := l.Unit
 	unit.Values = slices.Clone(unit.Values)
 	unit.Slices = cloneSlices(unit.Slices)
 	u := &unit
-	part, err := r.s.opts.Blobs.OpenPart(ctx, u.PartKey(r.job.ID))
+	part, err := r.openPart(ctx, l, u)
 	if err != nil {
-		return &fatal{err}
+		return *u, err
 	}
 	defer part.Close()
-	if err := part.Truncate(u.PartLen); err != nil {
-		return &fatal{err}
-	}
 	var failingSince time.Time // the first of a run of transient failures
 	failures := 0
 	for u.State == UnitPending {
 		pages := 0
-		err := r.search(ctx, i, u, part, &pages)
+		err := r.search(ctx, l, u, part, &pages)
 		if pages > 0 {
 			failingSince, failures = time.Time{}, 0
 		}
@@ -315,13 +538,13 @@ func (r *jobRun) runUnit(parent context.Context, i int) error {
 		switch {
 		case err == nil:
 			continue // search() advanced the unit
-		case errors.As(err, &fe) || ctx.Err() != nil:
-			return err
+		case errors.As(err, &fe) || errors.Is(err, errLeaseLost) || ctx.Err() != nil:
+			return *u, err
 		case (u.Next != "" || pages > 0) && cursorExpired(err) && u.Param != historyParam && r.single(u) && (u.NoCursor || u.Restarts >= 1):
 			// Even a fresh start lost its cursor: cut the search into
 			// windows that fit in one page each.
 			if err := restartSearch(u, part); err != nil {
-				return err
+				return *u, err
 			}
 			if !r.bisect(u) {
 				u.State = UnitFailed
@@ -335,7 +558,7 @@ func (r *jobRun) runUnit(parent context.Context, i int) error {
 		case (u.Next != "" || pages > 0) && cursorExpired(err) && u.Restarts < maxRestarts:
 			r.log.Warn().Str("type", u.Type).Int("unit", u.ID).Msg("upstream forgot the paging cursor; searching again from the first page")
 			if err := restartSearch(u, part); err != nil {
-				return err
+				return *u, err
 			}
 			u.Restarts++
 			if !u.Split && len(u.Values) > 1 && (u.Restarts >= narrowAfter || u.NoCursor) {
@@ -358,7 +581,7 @@ func (r *jobRun) runUnit(parent context.Context, i int) error {
 			r.log.Warn().Str("type", u.Type).Int("unit", u.ID).Int("failures", failures).Int("status", UpstreamStatus(err)).
 				Dur("retry_in", wait).Msg("upstream search keeps failing; retrying from the checkpoint")
 			if err := r.s.sleep(ctx, wait); err != nil {
-				return err
+				return *u, err
 			}
 			ctx = WithRetryBudget(parent, int64(r.s.opts.UnitRetryBudget))
 			continue
@@ -367,11 +590,76 @@ func (r *jobRun) runUnit(parent context.Context, i int) error {
 			u.State = UnitFailed
 			u.Error = fmt.Sprintf("search of %s for %d %s value(s) failed: %s", u.Type, len(u.Values), u.Param, ErrorMessage(err))
 		}
-		if err := r.checkpoint(ctx, i, u); err != nil {
-			return err
+		if err := r.checkpoint(ctx, l, u); err != nil {
+			return *u, err
 		}
 	}
-	return nil
+	return *u, nil
+}
+
+// openPart opens the unit's part file for its lease: the unit's own when
+// it was begun under this lease's token, else a new one of this token with
+// the checkpointed bytes copied into it. When those cannot be read in full
+// (the replica that held the unit before cut them while it lost the lease),
+// the unit starts over from its first page.
+func (r *jobRun) openPart(ctx context.Context, l Lease, u *Unit) (Part, error) {
+	if u.Epoch == l.Token || u.PartLen == 0 && u.Count == 0 {
+		u.Epoch = l.Token
+		part, err := r.s.opts.Blobs.OpenPart(ctx, u.PartKey(r.job.ID))
+		if err != nil {
+			return nil, &fatal{err}
+		}
+		if err := part.Truncate(u.PartLen); err != nil {
+			part.Close()
+			return nil, &fatal{err}
+		}
+		return part, nil
+	}
+	oldKey := u.PartKey(r.job.ID)
+	u.Epoch = l.Token
+	part, err := r.s.opts.Blobs.OpenPart(ctx, u.PartKey(r.job.ID))
+	if err != nil {
+		return nil, &fatal{err}
+	}
+	if err := part.Truncate(0); err != nil {
+		part.Close()
+		return nil, &fatal{err}
+	}
+	n, err := r.copyPart(ctx, oldKey, part, u.PartLen)
+	if err == nil && n == u.PartLen {
+		if err := part.Sync(); err != nil {
+			part.Close()
+			return nil, &fatal{err}
+		}
+		return part, nil
+	}
+	if ctx.Err() != nil {
+		part.Close()
+		return nil, ctx.Err()
+	}
+	r.log.Warn().Int("unit", u.ID).Msg("the checkpointed part of a work unit taken over could not be read in full; the unit starts over")
+	if err := part.Truncate(0); err != nil {
+		part.Close()
+		return nil, &fatal{err}
+	}
+	startOver(u)
+	return part, nil
+}
+
+// copyPart copies the first n bytes of the part file key to dst.
+func (r *jobRun) copyPart(ctx context.Context, key string, dst Part, n int64) (int64, error) {
+	rc, err := r.s.opts.Blobs.ReadPart(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	return io.Copy(dst, io.LimitReader(rc, n))
+}
+
+// startOver resets a unit to its first page (its values and filter stay).
+func startOver(u *Unit) {
+	u.Next, u.PartLen, u.Count, u.StartLen, u.StartCount = "", 0, 0, 0, 0
+	u.Sub, u.Slices, u.Restarts = 0, nil, 0
 }
 
 // single reports whether the unit's current search is of one value (or of
@@ -383,7 +671,7 @@ func (r *jobRun) single(u *Unit) bool {
 // search pages through the unit's current search (from its next link when
 // it has one) and checkpoints after every page; it returns nil when the
 // search is over, with the unit moved on (done, or the next sub-search).
-func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *int) error {
+func (r *jobRun) search(ctx context.Context, l Lease, u *Unit, part Part, pages *int) error {
 	page := func(p *Page) error {
 		*pages++
 		n := 0
@@ -426,7 +714,7 @@ func (r *jobRun) search(ctx context.Context, i int, u *Unit, part Part, pages *i
 		if p.Next == "" {
 			r.advance(u)
 		}
-		if err := r.checkpoint(ctx, i, u); err != nil {
+		if err := r.checkpoint(ctx, l, u); err != nil {
 			return err
 		}
 		return r.s.stopRequested()
@@ -493,17 +781,88 @@ func (r *jobRun) advance(u *Unit) {
 	u.State = UnitDone
 }
 
-// checkpoint persists the unit and publishes it as r.units[i].
-func (r *jobRun) checkpoint(ctx context.Context, i int, u *Unit) error {
-	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, []Unit{*u}); err != nil {
+// checkpoint persists the unit under its lease and publishes it to
+// r.units. A lease another replica took over ends the unit (errLeaseLost):
+// nothing was written.
+func (r *jobRun) checkpoint(ctx context.Context, l Lease, u *Unit) error {
+	if err := r.s.leaser.PutUnitFenced(ctx, l, *u); err != nil {
+		if errors.Is(err, ErrConflict) {
+			return errLeaseLost
+		}
+		if ErrorKind(err) == ENOTFOUND {
+			return errLeaseLost // the job is gone
+		}
 		return &fatal{err}
 	}
-	r.mu.Lock()
-	r.units[i] = *u
-	r.units[i].Values = slices.Clone(u.Values)
-	r.units[i].Slices = cloneSlices(u.Slices)
-	r.mu.Unlock()
+	r.publish(*u)
 	return nil
+}
+
+// publish records a unit's checkpoint in r.units.
+func (r *jobRun) publish(u Unit) {
+	u.Values = slices.Clone(u.Values)
+	u.Slices = cloneSlices(u.Slices)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if i := r.index(u.ID); i >= 0 {
+		r.units[i] = u
+	}
+}
+
+// index returns the position of unit id in r.units (-1: none); mu held.
+func (r *jobRun) index(id int) int {
+	if id >= 0 && id < len(r.units) && r.units[id].ID == id {
+		return id
+	}
+	for i := range r.units {
+		if r.units[i].ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// settled records a unit this replica finished.
+func (r *jobRun) settled(u Unit) {
+	r.publish(u)
+	r.noteSettled(u)
+	r.unitDone(context.WithoutCancel(r.ctx))
+}
+
+// noteSettled starts the early build of a round-0 type once its last unit
+// settled, wherever it ran; each unit counts once.
+func (r *jobRun) noteSettled(u Unit) {
+	r.mu.Lock()
+	if r.seen == nil {
+		r.seen = map[int]bool{}
+	}
+	first := !r.seen[u.ID]
+	r.seen[u.ID] = true
+	r.mu.Unlock()
+	if first && u.Round == 0 && u.Param != historyParam && r.early != nil {
+		r.early.unitFinished(u.Type)
+	}
+}
+
+// refresh replaces r.units by the store's, notes the units other replicas
+// settled, and returns how many are pending and a unit whose failure ends
+// the job (nil: none).
+func (r *jobRun) refresh(units []Unit) (pending int, fatalUnit *Unit) {
+	r.mu.Lock()
+	r.units = units
+	r.mu.Unlock()
+	for i := range units {
+		u := &units[i]
+		switch {
+		case u.State == UnitPending:
+			pending++
+		case u.Fatal:
+			fatalUnit = u
+		default:
+			r.noteSettled(*u)
+		}
+	}
+	return pending, fatalUnit
 }
 
 func cursorExpired(err error) bool {
@@ -555,8 +914,11 @@ func (r *jobRun) unitDone(ctx context.Context) {
 	if !save {
 		return
 	}
+	if !r.driving {
+		return // the driver reports the progress
+	}
 	p := r.progress()
-	if _, err := r.s.opts.Store.Update(ctx, r.job.ID, func(j *Job) error { j.Progress = p; return nil }); err != nil && ctx.Err() == nil {
+	if _, err := r.update(ctx, func(j *Job) error { j.Progress = p; return nil }); err != nil && ctx.Err() == nil {
 		r.log.Warn().Err(err).Msg("save progress")
 	}
 }

@@ -196,11 +196,14 @@ func (r *jobRun) sealCompartment(ctx context.Context) error {
 	if err := r.planProvenance(ctx, targets); err != nil {
 		return err
 	}
-	j, err := r.s.opts.Store.Update(ctx, r.job.ID, func(j *Job) error {
+	j, err := r.update(ctx, func(j *Job) error {
 		j.Files = files
 		j.Stage = StageSealed
 		return nil
 	})
+	if errors.Is(err, ErrConflict) {
+		return err
+	}
 	if err != nil {
 		return &fatal{err}
 	}
@@ -215,8 +218,8 @@ func (r *jobRun) planProvenance(ctx context.Context, targets []string) error {
 		return nil
 	}
 	units := r.batches(len(r.units), 1, "Provenance", "target", targets)
-	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, units); err != nil {
-		return &fatal{err}
+	if err := r.putUnits(ctx, units); err != nil {
+		return err
 	}
 	r.mu.Lock()
 	r.units = append(r.units, units...)
@@ -297,8 +300,8 @@ func (r *jobRun) planRefs(ctx context.Context, collect refs, round int) error {
 	if len(units) == 0 {
 		return nil
 	}
-	if err := r.s.opts.Store.PutUnits(ctx, r.job.ID, units); err != nil {
-		return &fatal{err}
+	if err := r.putUnits(ctx, units); err != nil {
+		return err
 	}
 	r.mu.Lock()
 	r.units = append(r.units, units...)
@@ -379,7 +382,7 @@ func (r *jobRun) complete(ctx context.Context) error {
 		}
 	}
 	final.Resources = resources
-	_, err = r.s.opts.Store.Transition(ctx, r.job.ID, StateRunning, StateCompleted, "completed", func(j *Job) error {
+	_, err = r.s.opts.Store.Transition(ctx, r.job.ID, StateRunning, StateCompleted, "completed", r.fence(func(j *Job) error {
 		j.Files = files
 		if j.Request.PartialManifests && len(j.Pages) > 0 {
 			_ = PublishPage(j) // the rest of the files, linked from the last page handed out
@@ -389,7 +392,7 @@ func (r *jobRun) complete(ctx context.Context) error {
 		j.ExpiresAt = now.Add(r.s.opts.Retention)
 		j.WorkerID, j.LeaseUntil = "", time.Time{}
 		return nil
-	})
+	}))
 	if err != nil {
 		if errors.Is(err, ErrConflict) {
 			return err

@@ -81,15 +81,27 @@ type Options struct {
 	PollInterval time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
-	// WorkerID names this process in job claims (default hostname-pid).
+	// WorkerID names this replica in job and unit claims (default
+	// Cluster.ID(), else hostname-pid-random).
 	WorkerID string
+	// Cluster tells which replicas share the Store and gives cluster-wide
+	// locks (nil: the Service is alone; see Alone).
+	Cluster Cluster
+	// LeaseTTL is how long a unit's lease holds without renewal (default
+	// 30s): after a replica dies, its units are taken over that much later.
+	// Renewals go every third of it.
+	LeaseTTL time.Duration
+	// ClaimInterval is how often a run looks for units to claim, and
+	// watches its job for deletion or a take-over (default 500ms).
+	ClaimInterval time.Duration
 }
 
 // Service runs export jobs: it accepts requests, persists jobs, runs them
 // in the background and answers status, file and delete requests.
 type Service struct {
-	opts Options
-	log  zerolog.Logger
+	opts   Options
+	log    zerolog.Logger
+	leaser Leaser
 
 	wake chan struct{}
 
@@ -105,9 +117,6 @@ type Service struct {
 
 	noLists sync.Map // upstream base + "|" + type -> true: no comma OR lists
 
-	// submitMu makes the active-job limits and the job's creation atomic.
-	submitMu sync.Mutex
-
 	queue queueCache // the last Queue snapshot
 }
 
@@ -115,6 +124,9 @@ type run struct {
 	cancel   context.CancelCauseFunc
 	done     chan struct{}
 	counters *runCounters
+	// driver is set when this replica drives the job; else it runs units
+	// of a job another replica drives (a helper).
+	driver bool
 }
 
 // errShutdown is the cancel cause of runs stopped by Service.Stop.
@@ -123,10 +135,23 @@ var errShutdown = errors.New("service is shutting down")
 // errDeleted is the cancel cause of runs stopped by Delete.
 var errDeleted = errors.New("job was deleted")
 
+// errJobLost is the cancel cause of a driver's run whose job another
+// replica drives now.
+var errJobLost = errors.New("another replica drives the job now")
+
+// errNotRunning is the cancel cause of a helper's run whose job is no
+// longer running, or whose driver died (the dispatcher then takes the job
+// over).
+var errNotRunning = errors.New("job is no longer running here")
+
 // New returns a Service; call Start to run jobs.
 func New(o Options) (*Service, error) {
 	if o.Store == nil || o.Blobs == nil || o.UpstreamFor == nil {
 		return nil, errors.New("exporter: Store, Blobs and UpstreamFor are required")
+	}
+	leaser, ok := o.Store.(Leaser)
+	if !ok {
+		return nil, errors.New("exporter: the Store must implement Leaser")
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = 1000
@@ -167,12 +192,25 @@ func New(o Options) (*Service, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.WorkerID == "" && o.Cluster != nil {
+		o.WorkerID = o.Cluster.ID()
+	}
 	if o.WorkerID == "" {
 		host, _ := os.Hostname()
-		o.WorkerID = fmt.Sprintf("%s-%d", host, os.Getpid())
+		o.WorkerID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), NewID()[:8])
+	}
+	if o.Cluster == nil {
+		o.Cluster = &Alone{Self: o.WorkerID}
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = 30 * time.Second
+	}
+	if o.ClaimInterval <= 0 {
+		o.ClaimInterval = 500 * time.Millisecond
 	}
 	return &Service{
 		opts:     o,
+		leaser:   leaser,
 		log:      o.Logger,
 		wake:     make(chan struct{}, 1),
 		running:  map[string]*run{},
@@ -199,27 +237,44 @@ func (s *Service) Start(ctx context.Context) error {
 	return nil
 }
 
-// recover puts jobs left running by a dead process back in the queue (they
-// start over) and finishes deletions that were interrupted.
+// recover removes the jobs deleted while no replica drove them. Running
+// jobs whose driver is gone (this process before a restart, or a dead
+// replica) are taken over by the dispatcher (takePart).
 func (s *Service) recover(ctx context.Context) error {
-	jobs, err := s.opts.Store.List(ctx)
+	_, err := s.opts.Cluster.TryLocked(ctx, LockJanitor, func(ctx context.Context) error {
+		return s.purgeOrphans(ctx)
+	})
 	if err != nil {
 		return fmt.Errorf("recover jobs: %w", err)
 	}
+	return nil
+}
+
+// purgeOrphans removes deleted jobs that no live replica drives (a
+// deletion interrupted by a crash, or a job deleted while its driver was
+// dead).
+func (s *Service) purgeOrphans(ctx context.Context) error {
+	jobs, err := s.opts.Store.List(ctx)
+	if err != nil {
+		return err
+	}
+	var alive map[string]bool
 	for _, j := range jobs {
-		switch {
-		case j.Deleted:
-			s.purge(ctx, j.ID)
-		case j.State == StateRunning:
-			_, err := s.opts.Store.Transition(ctx, j.ID, StateRunning, StateQueued, "interrupted: process restarted", func(j *Job) error {
-				j.WorkerID, j.LeaseUntil = "", time.Time{}
-				return nil
-			})
-			if err != nil {
-				return fmt.Errorf("requeue %s: %w", j.ID, err)
-			}
-			s.log.Info().Str("job_id", j.ID).Msg("job requeued after restart")
+		if !j.Deleted {
+			continue
 		}
+		if alive == nil {
+			if alive, err = s.opts.Cluster.Alive(ctx); err != nil {
+				return err
+			}
+		}
+		s.mu.Lock()
+		_, here := s.running[j.ID]
+		s.mu.Unlock()
+		if here || j.WorkerID != "" && j.WorkerID != s.opts.WorkerID && alive[j.WorkerID] {
+			continue // its driver purges it when its run stops
+		}
+		s.purge(ctx, j.ID)
 	}
 	return nil
 }
@@ -363,17 +418,59 @@ func (s *Service) Delete(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
-		s.mu.Lock()
-		r := s.running[id]
-		s.mu.Unlock()
-		if r != nil {
-			r.cancel(errDeleted) // the run purges the job when it has stopped
-			return nil
+		if s.stopRun(ctx, j, errDeleted) {
+			return nil // the job's driver purges it when its run has stopped
 		}
 		s.purge(ctx, id)
+		s.purgeAgain(id)
 		return nil
 	}
 	return Errorf(ECONFLICT, "job %s is changing state; try again", id)
+}
+
+// stopRun stops this replica's run of job j (if any) with cause, and
+// reports whether the job's driver will clean up after it: this replica
+// when it drives the job, or another live replica.
+func (s *Service) stopRun(ctx context.Context, j *Job, cause error) bool {
+	s.mu.Lock()
+	r := s.running[j.ID]
+	s.mu.Unlock()
+	if r != nil {
+		r.cancel(cause)
+		if r.driver {
+			return true
+		}
+	}
+	if j.State != StateRunning || j.WorkerID == "" || j.WorkerID == s.opts.WorkerID {
+		return false
+	}
+	alive, err := s.opts.Cluster.Alive(ctx)
+	return err == nil && alive[j.WorkerID]
+}
+
+// purgeAgain removes a job's files once more after a lease TTL, when other
+// replicas may have been running its units: a unit stopped mid-page may
+// have stored one more part segment after the first removal.
+func (s *Service) purgeAgain(id string) {
+	if _, alone := s.opts.Cluster.(*Alone); alone {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTimer(s.opts.LeaseTTL + s.opts.ClaimInterval)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.stopping:
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := s.opts.Blobs.DeleteJob(ctx, id); err != nil {
+			s.log.Warn().Err(err).Str("job_id", id).Msg("remove files of a removed job again")
+		}
+	}()
 }
 
 // purge removes a deleted job's files and record.
@@ -413,7 +510,9 @@ func (s *Service) OpenFile(ctx context.Context, fileID string) (*Job, File, Blob
 	return j, f, b, nil
 }
 
-// dispatch starts queued jobs as slots free up and removes expired jobs.
+// dispatch starts queued jobs as slots free up, takes part in the running
+// jobs (driving those whose driver is gone, running units of the others)
+// and removes expired jobs.
 func (s *Service) dispatch(ctx context.Context) {
 	defer s.wg.Done()
 	tick := time.NewTicker(s.opts.PollInterval)
@@ -423,8 +522,15 @@ func (s *Service) dispatch(ctx context.Context) {
 	sweepEvery := min(time.Minute, max(s.opts.Retention/4, s.opts.PollInterval))
 	for {
 		s.startQueued(ctx)
+		s.takePart(ctx)
 		if now := s.opts.Now(); now.Sub(lastSweep) >= sweepEvery {
-			s.sweep(ctx, now)
+			_, err := s.opts.Cluster.TryLocked(ctx, LockJanitor, func(ctx context.Context) error {
+				s.sweep(ctx, now)
+				return s.purgeOrphans(ctx)
+			})
+			if err != nil && ctx.Err() == nil {
+				s.log.Error().Err(err).Msg("sweep expired jobs")
+			}
 			lastSweep = now
 		}
 		select {
@@ -436,66 +542,234 @@ func (s *Service) dispatch(ctx context.Context) {
 	}
 }
 
+// startQueued starts queued jobs while fewer than MaxJobs run in the whole
+// cluster. It holds the dispatch lock so that two replicas do not both
+// take the last slot.
 func (s *Service) startQueued(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
-	s.mu.Lock()
-	free := s.opts.MaxJobs - len(s.running)
-	s.mu.Unlock()
-	if free <= 0 {
-		return
-	}
-	jobs, err := s.opts.Store.List(ctx, StateQueued)
+	queued, err := s.opts.Store.List(ctx, StateQueued)
 	if err != nil {
 		s.log.Error().Err(err).Msg("list queued jobs")
 		return
 	}
-	for _, j := range jobs {
-		if free == 0 {
-			return
-		}
-		now := s.opts.Now().UTC()
-		claimed, err := s.opts.Store.Transition(ctx, j.ID, StateQueued, StateRunning, "claimed by "+s.opts.WorkerID, func(j *Job) error {
-			j.Attempts++
-			j.StartedAt = now
-			j.WorkerID = s.opts.WorkerID
-			j.LeaseUntil = now.Add(time.Hour)
-			j.Progress.Phase = "starting"
-			return nil
-		})
-		if errors.Is(err, ErrConflict) {
-			continue
-		}
+	if len(queued) == 0 {
+		return
+	}
+	var claimed []*Job
+	err = s.opts.Cluster.Locked(ctx, LockDispatch, func(ctx context.Context) error {
+		jobs, err := s.opts.Store.List(ctx, StateQueued, StateRunning)
 		if err != nil {
-			s.log.Error().Err(err).Str("job_id", j.ID).Msg("claim job")
-			continue
+			return err
 		}
-		free--
-		s.launch(ctx, claimed)
+		free := s.opts.MaxJobs
+		for _, j := range jobs {
+			if j.State == StateRunning && !j.Deleted {
+				free--
+			}
+		}
+		for _, j := range jobs {
+			if free <= 0 {
+				break
+			}
+			if j.State != StateQueued {
+				continue
+			}
+			now := s.opts.Now().UTC()
+			c, err := s.opts.Store.Transition(ctx, j.ID, StateQueued, StateRunning, "claimed by "+s.opts.WorkerID, func(j *Job) error {
+				j.Attempts++
+				j.StartedAt = now
+				j.WorkerID = s.opts.WorkerID
+				j.DriverToken++
+				j.LeaseUntil = time.Time{}
+				j.Progress.Phase = "starting"
+				return nil
+			})
+			if errors.Is(err, ErrConflict) {
+				continue
+			}
+			if err != nil {
+				s.log.Error().Err(err).Str("job_id", j.ID).Msg("claim job")
+				continue
+			}
+			free--
+			claimed = append(claimed, c)
+		}
+		return nil
+	})
+	if err != nil && ctx.Err() == nil {
+		s.log.Error().Err(err).Msg("start queued jobs")
+	}
+	for _, j := range claimed {
+		s.launch(ctx, j, true)
 	}
 }
 
-func (s *Service) launch(dispatchCtx context.Context, j *Job) {
+// takePart looks at the running jobs: it drives those whose driver is gone
+// (dead, or this process before a restart) and runs units of the others.
+func (s *Service) takePart(ctx context.Context) {
+	if ctx.Err() != nil {
+		return
+	}
+	jobs, err := s.opts.Store.List(ctx, StateRunning)
+	if err != nil {
+		s.log.Error().Err(err).Msg("list running jobs")
+		return
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	alive, err := s.opts.Cluster.Alive(ctx)
+	if err != nil {
+		s.log.Error().Err(err).Msg("list live replicas")
+		return
+	}
+	for _, j := range jobs {
+		if j.Deleted || ctx.Err() != nil {
+			continue
+		}
+		s.mu.Lock()
+		r := s.running[j.ID]
+		s.mu.Unlock()
+		if r != nil && r.driver {
+			continue
+		}
+		driven := j.WorkerID != "" && j.WorkerID != s.opts.WorkerID && alive[j.WorkerID]
+		switch {
+		case r != nil:
+			if !driven {
+				r.cancel(errNotRunning) // taken over once the helper stopped
+			}
+		case driven:
+			s.launch(ctx, j, false)
+		default:
+			s.adopt(ctx, j)
+		}
+	}
+}
+
+// adopt takes over the driving of a running job whose driver is gone.
+func (s *Service) adopt(ctx context.Context, seen *Job) {
+	prev := seen.WorkerID
+	j, err := s.opts.Store.Update(ctx, seen.ID, func(j *Job) error {
+		if j.State != StateRunning || j.Deleted || j.WorkerID != seen.WorkerID || j.DriverToken != seen.DriverToken {
+			return ErrJobLost(j.ID)
+		}
+		j.WorkerID = s.opts.WorkerID
+		j.DriverToken++
+		j.Attempts++
+		return nil
+	})
+	if errors.Is(err, ErrConflict) || ErrorKind(err) == ENOTFOUND {
+		return // it moved on meanwhile; the next pass looks again
+	}
+	if err != nil {
+		s.log.Error().Err(err).Str("job_id", seen.ID).Msg("take over job")
+		return
+	}
+	s.opts.Metrics.JobAdopted()
+	ev := s.log.Info().Str("job_id", j.ID).Int64("driver_token", j.DriverToken)
+	if prev != "" {
+		ev = ev.Str("previous_driver", prev)
+	}
+	ev.Msg("driving a running job whose driver stopped; it resumes from its checkpoints")
+	s.launch(ctx, j, true)
+}
+
+func (s *Service) launch(dispatchCtx context.Context, j *Job, driver bool) {
 	// Runs outlive the dispatcher: Stop ends the dispatcher at once and the
 	// runs at their next page boundary.
 	ctx, cancel := context.WithCancelCause(context.WithoutCancel(dispatchCtx))
-	r := &run{cancel: cancel, done: make(chan struct{}), counters: &runCounters{since: s.opts.Now()}}
+	r := &run{cancel: cancel, done: make(chan struct{}), counters: &runCounters{since: s.opts.Now()}, driver: driver}
 	ctx = context.WithValue(ctx, countersKey{}, r.counters)
 	s.mu.Lock()
 	s.running[j.ID] = r
 	s.mu.Unlock()
-	s.wg.Add(1)
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		s.watch(ctx, j, driver, cancel)
+	}()
 	go func() {
 		defer s.wg.Done()
 		defer close(r.done)
-		s.execute(ctx, j)
+		if driver {
+			s.execute(ctx, j)
+		} else {
+			s.help(ctx, j)
+		}
 		cancel(nil)
 		s.mu.Lock()
 		delete(s.running, j.ID)
 		s.mu.Unlock()
 		s.notify()
 	}()
+}
+
+// watch stops a run when its job was deleted or cancelled (on any
+// replica), when a driver's job is driven by another replica now, or when
+// a helper's job is no longer running.
+func (s *Service) watch(ctx context.Context, j *Job, driver bool, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(2 * s.opts.ClaimInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cur, err := s.opts.Store.Get(ctx, j.ID)
+		switch {
+		case ErrorKind(err) == ENOTFOUND:
+			cancel(errDeleted)
+			return
+		case err != nil:
+			continue
+		case cur.Deleted:
+			cancel(errDeleted)
+			return
+		case cur.State == StateCancelled:
+			cancel(errCancelled)
+			return
+		case !driver && cur.State != StateRunning:
+			cancel(errNotRunning)
+			return
+		case driver && cur.State == StateRunning && (cur.WorkerID != s.opts.WorkerID || cur.DriverToken != j.DriverToken):
+			cancel(errJobLost)
+			return
+		}
+	}
+}
+
+// help runs units of a job another replica drives until the job is no
+// longer running (or its driver is gone: the dispatcher then takes it
+// over).
+func (s *Service) help(ctx context.Context, j *Job) {
+	log := s.log.With().Str("job_id", j.ID).Logger()
+	ctx = log.WithContext(ctx)
+	r, err := s.newJobRun(ctx, j, log, false)
+	if err != nil {
+		log.Warn().Err(err).Msg("cannot run units of the job")
+		return
+	}
+	log.Debug().Str("driver", j.WorkerID).Msg("running units of a job another replica drives")
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := r.work(ctx, false); err != nil {
+			if ctx.Err() == nil && !errors.Is(err, errShutdown) {
+				log.Warn().Err(err).Msg("running units of the job stopped")
+			}
+			return
+		}
+		t.Reset(s.opts.ClaimInterval)
+	}
 }
 
 // sweep removes finished jobs whose retention has passed. Files being

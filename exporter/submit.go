@@ -51,12 +51,14 @@ func (s *Service) Submit(ctx context.Context, req Request) (*Job, error) {
 		Reason:          "submitted",
 		Notes:           notes,
 	}
-	s.submitMu.Lock()
-	err = s.checkActive(ctx, req.ClientID)
-	if err == nil {
-		err = s.opts.Store.Create(ctx, job)
-	}
-	s.submitMu.Unlock()
+	// The limits hold across the cluster: their check and the creation
+	// are one step under the cluster-wide submit lock.
+	err = s.opts.Cluster.Locked(ctx, LockSubmit, func(ctx context.Context) error {
+		if err := s.checkActive(ctx, req.ClientID); err != nil {
+			return err
+		}
+		return s.opts.Store.Create(ctx, job)
+	})
 	if err != nil {
 		return nil, err
 	}

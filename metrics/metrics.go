@@ -38,6 +38,9 @@ type Metrics struct {
 	passThrough        *prometheus.CounterVec
 	passThroughLatency *prometheus.HistogramVec
 	requests           *prometheus.CounterVec
+	unitClaims         *prometheus.CounterVec
+	leasesLost         prometheus.Counter
+	jobsAdopted        prometheus.Counter
 	reg                prometheus.Registerer
 }
 
@@ -91,6 +94,19 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: Namespace, Name: "http_requests_total",
 		Help: "Requests the proxy answered itself (bulk data, metadata, auth, admin), by route and status code.",
 	}, []string{"route", "code"})
+	m.unitClaims = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "export_unit_claims_total",
+		Help: "Work units this replica claimed with a lease, by kind: \"new\" (begun here or resumed from its own part file) or \"takeover\" (its checkpointed part begun under another lease was copied).",
+	}, []string{"kind"})
+	m.leasesLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "export_unit_leases_lost_total",
+		Help: "Work unit leases this replica lost (taken over after it could not renew them); the unit's run stopped without writing.",
+	})
+	m.jobsAdopted = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "export_jobs_adopted_total",
+		Help: "Running jobs this replica began to drive because their driver's heartbeat went stale (or a restart of this replica).",
+	})
+	reg.MustRegister(m.unitClaims, m.leasesLost, m.jobsAdopted)
 	reg.MustRegister(m.upstreamRequests, m.upstreamLatency, m.upstreamRetries, m.upstreamThrottled,
 		m.unitsInFlight, m.resources, m.bytes, m.jobsFinished, m.passThrough, m.passThroughLatency, m.requests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -133,6 +149,33 @@ func (m *Metrics) UpstreamRetry(resourceType string) {
 func (m *Metrics) UnitStarted() {
 	if m != nil {
 		m.unitsInFlight.Inc()
+	}
+}
+
+// UnitClaimed counts a claimed work unit; takeover when its part file is
+// copied from another lease's.
+func (m *Metrics) UnitClaimed(takeover bool) {
+	if m == nil {
+		return
+	}
+	kind := "new"
+	if takeover {
+		kind = "takeover"
+	}
+	m.unitClaims.WithLabelValues(kind).Inc()
+}
+
+// LeaseLost counts a unit lease this replica lost.
+func (m *Metrics) LeaseLost() {
+	if m != nil {
+		m.leasesLost.Inc()
+	}
+}
+
+// JobAdopted counts a running job this replica began to drive.
+func (m *Metrics) JobAdopted() {
+	if m != nil {
+		m.jobsAdopted.Inc()
 	}
 }
 

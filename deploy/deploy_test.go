@@ -1222,6 +1222,12 @@ type composeService struct {
 	Healthcheck *struct {
 		Test yaml.Node `yaml:"test"`
 	} `yaml:"healthcheck"`
+	// Read by the checks of compose-replicated.yaml.
+	Command         yaml.Node `yaml:"command"`    // a string or a list
+	Entrypoint      yaml.Node `yaml:"entrypoint"` // a string or a list
+	Tmpfs           yaml.Node `yaml:"tmpfs"`      // a string or a list
+	SecurityOpt     []string  `yaml:"security_opt"`
+	StopGracePeriod string    `yaml:"stop_grace_period"`
 }
 
 // composeBuild is build: DIR or build: {context, dockerfile, args}.

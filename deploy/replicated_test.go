@@ -9,7 +9,10 @@ package deploy_test
 // a volume of one replica, a disruption budget, spreading and rollout.
 
 import (
+	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/url"
 	"os"
@@ -43,6 +46,10 @@ const (
 	// versitygw's defaults.
 	versitygwPort   = 7070
 	versitygwRegion = "us-east-1"
+
+	// Secret values in kubernetes-replicated.yaml are placeholders with this
+	// marker, never credentials.
+	placeholder = "REPLACE-ME"
 )
 
 // TestServeTimings keeps serveDrain and serveStartTimeout in step with the
@@ -485,4 +492,490 @@ func TestComposeReplicated(t *testing.T) {
 		one = mutate(t, one, "  "+name+":\n    <<: *proxy\n", "  "+name+":\n    image: alpine:3.20\n")
 	}
 	expectProblem(t, "one replica", checkComposeReplicated([]byte(one), img), "at least two proxy replicas")
+}
+
+// ---------------------------------------------------------------------------
+// kubernetes-replicated.yaml
+
+type pdbSpec struct {
+	MinAvailable   yaml.Node `yaml:"minAvailable"`
+	MaxUnavailable yaml.Node `yaml:"maxUnavailable"`
+	Selector       struct {
+		MatchLabels map[string]string `yaml:"matchLabels"`
+	} `yaml:"selector"`
+}
+
+// intValue returns an int-or-string that is an int; percentages are not
+// understood by these checks.
+func intValue(n yaml.Node) (int, bool) {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
+		return 0, false
+	}
+	v, err := strconv.Atoi(n.Value)
+	return v, err == nil
+}
+
+// startupAllowance is how long a container may take to start before the
+// kubelet kills it: the startup probe's budget, else the liveness probe's.
+func startupAllowance(c *container) time.Duration {
+	p := c.StartupProbe
+	if p == nil {
+		p = c.LivenessProbe
+	}
+	if p == nil {
+		return time.Duration(1<<63 - 1)
+	}
+	period, failures := 10, 3
+	if p.PeriodSeconds != nil {
+		period = *p.PeriodSeconds
+	}
+	if p.FailureThreshold != nil {
+		failures = *p.FailureThreshold
+	}
+	return time.Duration(p.InitialDelaySeconds+period*failures) * time.Second
+}
+
+type k8sDeployment struct {
+	Name string
+	deploymentSpec
+}
+
+func checkKubernetesReplicated(data []byte, img *image) []string {
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+
+	var deployments []k8sDeployment
+	services := map[string]serviceSpec{}
+	var pdbs []pdbSpec
+	secrets, configMaps := map[string]map[string]string{}, map[string]map[string]string{}
+	dec := yaml.NewDecoder(strings.NewReader(string(data)))
+	for {
+		var obj k8sObject
+		err := dec.Decode(&obj)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return []string{err.Error()}
+		}
+		switch obj.Kind {
+		case "Deployment":
+			d := k8sDeployment{Name: obj.Metadata.Name}
+			if err := obj.Spec.Decode(&d.deploymentSpec); err != nil {
+				return []string{err.Error()}
+			}
+			deployments = append(deployments, d)
+		case "Service":
+			var s serviceSpec
+			if err := obj.Spec.Decode(&s); err != nil {
+				return []string{err.Error()}
+			}
+			services[obj.Metadata.Name] = s
+		case "PodDisruptionBudget":
+			var p pdbSpec
+			if err := obj.Spec.Decode(&p); err != nil {
+				return []string{err.Error()}
+			}
+			pdbs = append(pdbs, p)
+		case "Secret", "ConfigMap":
+			m := maps.Clone(obj.StringData)
+			if m == nil {
+				m = map[string]string{}
+			}
+			for k, v := range obj.Data {
+				if obj.Kind == "ConfigMap" {
+					m[k] = v
+					continue
+				}
+				b, err := base64.StdEncoding.DecodeString(v)
+				if err != nil {
+					return []string{fmt.Sprintf("Secret %s: data.%s: %v", obj.Metadata.Name, k, err)}
+				}
+				m[k] = string(b)
+			}
+			if obj.Kind == "Secret" {
+				secrets[obj.Metadata.Name] = m
+			} else {
+				configMaps[obj.Metadata.Name] = m
+			}
+		case "":
+			// an empty document
+		default:
+			bad("kind %s is not checked by this test", obj.Kind)
+		}
+	}
+
+	var d *k8sDeployment
+	var proxy *container
+	for i := range deployments {
+		for j, c := range deployments[i].Template.Spec.Containers {
+			if c.Name == "fhir-bulk-proxy" {
+				if d != nil {
+					bad("two Deployments run the proxy")
+				}
+				d, proxy = &deployments[i], &deployments[i].Template.Spec.Containers[j]
+			}
+		}
+	}
+	if d == nil {
+		bad("no Deployment with a container named fhir-bulk-proxy")
+		return problems
+	}
+	pod := d.Template.Spec
+	podLabels := d.Template.Metadata.Labels
+	replicas := 0
+	if d.Replicas != nil {
+		replicas = *d.Replicas
+	}
+	if replicas != 3 {
+		bad("replicas %d; want 3", replicas)
+	}
+	if !subset(d.Selector.MatchLabels, podLabels) {
+		bad("selector %v does not match the Pod labels %v", d.Selector.MatchLabels, podLabels)
+	}
+
+	// Rollout: one Pod at a time.
+	maxUnavailable := 0
+	if d.Strategy.Type != "RollingUpdate" {
+		bad("strategy %q; want RollingUpdate: the replicas share no volume", d.Strategy.Type)
+	} else if ru := d.Strategy.RollingUpdate; ru == nil {
+		bad("strategy RollingUpdate without rollingUpdate.maxUnavailable")
+	} else if v, ok := intValue(ru.MaxUnavailable); !ok || v != 1 {
+		bad("rollingUpdate.maxUnavailable: want 1")
+	} else {
+		maxUnavailable = v
+	}
+
+	for _, c := range pod.Containers {
+		if imageIs(c.Image, fhirServerImage) {
+			bad("container %s runs the FHIR server in the proxy's Pod: each replica would export from a server of its own", c.Name)
+		}
+	}
+	// The hardening of kubernetes.yaml.
+	for _, c := range slices.Concat(pod.InitContainers, pod.Containers) {
+		nonRoot := pod.SecurityContext.RunAsNonRoot
+		if c.SecurityContext.RunAsNonRoot != nil {
+			nonRoot = c.SecurityContext.RunAsNonRoot
+		}
+		user := pod.SecurityContext.RunAsUser
+		if c.SecurityContext.RunAsUser != nil {
+			user = c.SecurityContext.RunAsUser
+		}
+		if nonRoot == nil || !*nonRoot || user != nil && *user == 0 {
+			bad("container %s: want runAsNonRoot: true (and no runAsUser 0)", c.Name)
+		}
+		if sc := c.SecurityContext; sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+			bad("container %s: want allowPrivilegeEscalation: false and capabilities.drop: [ALL]", c.Name)
+		}
+		if ro := c.SecurityContext.ReadOnlyRootFilesystem; ro == nil || !*ro {
+			bad("container %s: want readOnlyRootFilesystem: true", c.Name)
+		}
+		if sp := c.SecurityContext.SeccompProfile; sp == nil && (pod.SecurityContext.SeccompProfile == nil || pod.SecurityContext.SeccompProfile.Type != "RuntimeDefault") ||
+			sp != nil && sp.Type != "RuntimeDefault" {
+			bad("container %s: want seccompProfile RuntimeDefault", c.Name)
+		}
+		if !pinned(c.Image) {
+			bad("container %s: image %s is not pinned to a version", c.Name, c.Image)
+		}
+	}
+	if len(proxy.Command) > 0 {
+		bad("the proxy sets command %q, replacing the image's ENTRYPOINT", proxy.Command)
+	}
+	if len(proxy.Args) > 0 && proxy.Args[0] != "serve" {
+		bad("the proxy runs %q, not serve", proxy.Args)
+	}
+	for _, kind := range []string{"cpu", "memory"} {
+		if proxy.Resources.Requests[kind] == "" {
+			bad("the proxy has no %s request", kind)
+		}
+	}
+	if proxy.Resources.Limits["memory"] == "" {
+		bad("the proxy has no memory limit")
+	}
+	if g := pod.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= serveDrain {
+		bad("terminationGracePeriodSeconds: want more than the %v serve drains for", serveDrain)
+	}
+
+	// The environment, with the Secret's values.
+	known := knownEnv()
+	env := maps.Clone(img.Env)
+	fromSecret := map[string]bool{}
+	lookup := func(kind string, m map[string]map[string]string, ref *keyRef) (string, bool) {
+		vals, ok := m[ref.Name]
+		if !ok {
+			bad("%s %s is not in this file", kind, ref.Name)
+			return "", false
+		}
+		v, ok := vals[ref.Key]
+		if !ok {
+			bad("%s %s has no key %s", kind, ref.Name, ref.Key)
+		}
+		return v, ok
+	}
+	for _, ef := range proxy.EnvFrom {
+		src, kind, m := ef.ConfigMapRef, "ConfigMap", configMaps
+		if ef.SecretRef != nil {
+			src, kind, m = ef.SecretRef, "Secret", secrets
+		}
+		if src == nil {
+			bad("envFrom: only secretRef and configMapRef are understood by this test")
+			continue
+		}
+		vals, ok := m[src.Name]
+		if !ok {
+			bad("%s %s is not in this file", kind, src.Name)
+		}
+		for k, v := range vals {
+			env[k] = v
+			fromSecret[k] = kind == "Secret"
+		}
+	}
+	for _, e := range proxy.Env {
+		v, secret := e.Value, false
+		switch vf := e.ValueFrom; {
+		case vf == nil:
+		case vf.SecretKeyRef != nil:
+			v, _ = lookup("Secret", secrets, vf.SecretKeyRef)
+			secret = true
+		case vf.ConfigMapKeyRef != nil:
+			v, _ = lookup("ConfigMap", configMaps, vf.ConfigMapKeyRef)
+		default:
+			bad("env %s: only secretKeyRef and configMapKeyRef are understood by this test", e.Name)
+		}
+		env[e.Name], fromSecret[e.Name] = v, secret
+	}
+	for k := range env {
+		if strings.HasPrefix(k, config.EnvPrefix) && !known[k] {
+			bad("env %s is not a variable the proxy reads", k)
+		}
+	}
+	for _, k := range []string{"FBP_STORE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
+		if !fromSecret[k] {
+			bad("%s does not come from a Secret (it is a credential)", k)
+		}
+	}
+	for name, vals := range secrets {
+		for k, v := range vals {
+			if v != "" && !strings.Contains(v, placeholder) {
+				bad("Secret %s: %s is not a %s placeholder; credentials do not belong in the example", name, k, placeholder)
+			}
+		}
+	}
+
+	cfg, err := loadConfig(env)
+	if err != nil {
+		bad("the proxy's environment is not a valid configuration: %v", err)
+		return problems
+	}
+	if u, err := url.Parse(string(cfg.Store.URL)); err != nil || u.Scheme != "postgres" && u.Scheme != "postgresql" || u.Hostname() == "" {
+		bad("FBP_STORE_URL is not a postgres:// URL with a host: replicas need the PostgreSQL store")
+	}
+	if _, _, err := config.ParseS3URL(cfg.Files.URL); err != nil {
+		bad("FBP_FILES_URL %q is not an s3:// URL: replicas need the files in S3 (%v)", cfg.Files.URL, err)
+	}
+	if ep := cfg.Files.S3.Endpoint; ep != "" {
+		if u, err := url.Parse(ep); err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
+			bad("FBP_FILES_S3_ENDPOINT %q is not an http(s) URL", ep)
+		}
+	}
+	if env["AWS_ACCESS_KEY_ID"] == "" || env["AWS_SECRET_ACCESS_KEY"] == "" {
+		bad("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not both set")
+	}
+
+	// The upstream: a Service of this file in front of HAPI, not a sidecar.
+	if u, err := url.Parse(env["FBP_UPSTREAM"]); err != nil {
+		bad("FBP_UPSTREAM: %v", err)
+	} else if svc, ok := services[u.Hostname()]; !ok {
+		bad("FBP_UPSTREAM %q does not name a Service of this file", env["FBP_UPSTREAM"])
+	} else {
+		target := 0
+		for _, other := range deployments {
+			if !subset(svc.Selector, other.Template.Metadata.Labels) {
+				continue
+			}
+			for _, c := range other.Template.Spec.Containers {
+				if !imageIs(c.Image, fhirServerImage) {
+					continue
+				}
+				for _, p := range svc.Ports {
+					if strconv.Itoa(p.Port) == u.Port() {
+						target = c.portNumber(orDefault(p.TargetPort, strconv.Itoa(p.Port)))
+					}
+				}
+			}
+		}
+		if target != fhirServerPort || strings.TrimRight(u.Path, "/") != fhirServerPath {
+			bad("FBP_UPSTREAM %q does not reach %s's port %d at %s through its Service", env["FBP_UPSTREAM"], fhirServerImage, fhirServerPort, fhirServerPath)
+		}
+	}
+
+	_, port, err := listenPort(cfg.Listen)
+	if err != nil {
+		bad("listen %q: %v", cfg.Listen, err)
+	}
+	if !slices.ContainsFunc(proxy.Ports, func(p containerPort) bool { return p.ContainerPort == port }) {
+		bad("the proxy listens on %d, which is not one of its containerPorts", port)
+	}
+	for _, pr := range []struct {
+		name  string
+		probe *probe
+		paths []string
+	}{
+		{"livenessProbe", proxy.LivenessProbe, []string{"/healthz"}},
+		{"readinessProbe", proxy.ReadinessProbe, []string{"/readyz"}},
+		{"startupProbe", proxy.StartupProbe, []string{"/healthz", "/readyz"}},
+	} {
+		if pr.probe == nil && pr.name == "startupProbe" {
+			continue
+		}
+		if pr.probe == nil || pr.probe.HTTPGet == nil || !slices.Contains(pr.paths, pr.probe.HTTPGet.Path) || proxy.portNumber(pr.probe.HTTPGet.Port) != port {
+			bad("the proxy's %s: want httpGet %s on port %d", pr.name, strings.Join(pr.paths, " or "), port)
+		}
+	}
+	if a := startupAllowance(proxy); a < serveStartTimeout {
+		bad("the probes kill a replica that has not listened after %v; serve may wait %v for PostgreSQL (another replica's migration) before it listens: add a startupProbe", a, serveStartTimeout)
+	}
+
+	// No state on a volume: the data directory on an emptyDir, no claims.
+	if cfg.DataDir != img.DataDir {
+		bad("data_dir is %q; the image's VOLUME is %s", cfg.DataDir, img.DataDir)
+	}
+	mount := slices.IndexFunc(proxy.VolumeMounts, func(m volumeMount) bool { return path.Clean(m.MountPath) == cfg.DataDir && !m.ReadOnly })
+	if mount < 0 {
+		bad("no writable volume mounted at the data directory %s", cfg.DataDir)
+	}
+	for _, v := range pod.Volumes {
+		switch {
+		case v.PersistentVolumeClaim != nil:
+			bad("volume %s is a PersistentVolumeClaim: the replicas keep their state in PostgreSQL and S3, and a ReadWriteOnce claim cannot follow them to other nodes", v.Name)
+		case mount >= 0 && v.Name == proxy.VolumeMounts[mount].Name && v.EmptyDir == nil:
+			bad("the data directory's volume %s is not an emptyDir", v.Name)
+		}
+	}
+
+	// Spread over nodes.
+	spread := false
+	if aa := pod.Affinity.PodAntiAffinity; aa != nil {
+		for _, p := range aa.Preferred {
+			t := p.PodAffinityTerm
+			spread = spread || p.Weight > 0 && t.TopologyKey == "kubernetes.io/hostname" && subset(t.LabelSelector.MatchLabels, podLabels)
+		}
+	}
+	if !spread {
+		bad("no preferred podAntiAffinity on kubernetes.io/hostname selecting the proxy's Pods: the replicas may share a node")
+	}
+
+	ann := d.Template.Metadata.Annotations
+	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/path"] != "/metrics" || ann["prometheus.io/port"] != strconv.Itoa(port) {
+		bad("Pod annotations %v: want prometheus.io/scrape \"true\", path /metrics, port %d", ann, port)
+	}
+
+	// The disruption budget.
+	if len(pdbs) != 1 {
+		bad("%d PodDisruptionBudgets; want one", len(pdbs))
+	} else {
+		pdb := pdbs[0]
+		if !subset(pdb.Selector.MatchLabels, podLabels) {
+			bad("the PodDisruptionBudget's selector %v does not match the Pod labels %v", pdb.Selector.MatchLabels, podLabels)
+		}
+		minAvail, okMin := intValue(pdb.MinAvailable)
+		maxUnavail, okMax := intValue(pdb.MaxUnavailable)
+		switch {
+		case okMin == okMax:
+			bad("the PodDisruptionBudget: want an integer minAvailable or maxUnavailable, one of them")
+		case okMax:
+			minAvail = replicas - maxUnavail
+		}
+		if minAvail < 1 || minAvail >= replicas {
+			bad("the PodDisruptionBudget keeps %d of %d replicas available; want at least 1 and fewer than all (a node drain would never end)", minAvail, replicas)
+		} else if maxUnavailable > 0 && replicas-maxUnavailable < minAvail {
+			bad("a rollout takes %d replicas down, more than the PodDisruptionBudget allows", maxUnavailable)
+		}
+	}
+
+	// The Service in front of the replicas.
+	var front []string
+	for name, svc := range services {
+		if subset(svc.Selector, podLabels) {
+			front = append(front, name)
+			if !slices.ContainsFunc(svc.Ports, func(p servicePort) bool {
+				return proxy.portNumber(orDefault(p.TargetPort, strconv.Itoa(p.Port))) == port
+			}) {
+				bad("the Service %s does not expose the proxy's port %d", name, port)
+			}
+		}
+		for _, other := range deployments {
+			if other.Name != d.Name && subset(svc.Selector, podLabels) && subset(svc.Selector, other.Template.Metadata.Labels) {
+				bad("the Service %s selects the Pods of %s too", name, other.Name)
+			}
+		}
+	}
+	if len(front) != 1 {
+		bad("%d Services select the proxy's Pods; want one", len(front))
+	}
+	return problems
+}
+
+func TestKubernetesReplicated(t *testing.T) {
+	_, _, img := readDockerfile(t)
+	data, err := os.ReadFile(kubernetesReplicatedPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range checkKubernetesReplicated(data, img) {
+		t.Errorf("%s: %s", kubernetesReplicatedPath, p)
+	}
+
+	src := string(data)
+	cases := []struct{ name, old, new, want string }{
+		{"two replicas", "replicas: 3", "replicas: 2", "want 3"},
+		{"recreate", "type: RollingUpdate", "type: Recreate", "RollingUpdate"},
+		{"two at a time", "maxUnavailable: 1", "maxUnavailable: 2", "maxUnavailable"},
+		{"budget blocks drains", "minAvailable: 2", "minAvailable: 3", "fewer than all"},
+		{"budget selects nothing", "  minAvailable: 2\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: fhir-bulk-proxy",
+			"  minAvailable: 2\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: proxy", "PodDisruptionBudget's selector"},
+		{"readiness path", "path: /readyz", "path: /ready", "readinessProbe"},
+		{"liveness path", "              path: /healthz\n              port: http\n            periodSeconds: 10",
+			"              path: /metrics\n              port: http\n            periodSeconds: 10", "livenessProbe"},
+		{"startup probe port", "              path: /healthz\n              port: http\n            periodSeconds: 5",
+			"              path: /healthz\n              port: 8081\n            periodSeconds: 5", "startupProbe"},
+		{"short startup", "failureThreshold: 30\n          # /healthz", "failureThreshold: 2\n          # /healthz", "startupProbe"},
+		{"root allowed", "            runAsNonRoot: true", "            runAsNonRoot: false", "runAsNonRoot"},
+		{"no seccomp", "          type: RuntimeDefault\n      affinity:", "          type: Unconfined\n      affinity:", "seccompProfile"},
+		{"writable root", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "readOnlyRootFilesystem"},
+		{"image latest", "image: registry.example/fhir-bulk-proxy:1.0.0", "image: registry.example/fhir-bulk-proxy:latest", "not pinned"},
+		{"short grace", "terminationGracePeriodSeconds: 45", "terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds"},
+		{"store URL inline", "            - name: FBP_STORE_URL\n              valueFrom:\n                secretKeyRef:\n                  name: fhir-bulk-proxy\n                  key: FBP_STORE_URL",
+			"            - name: FBP_STORE_URL\n              value: postgres://fbp:pw@db:5432/fbp", "FBP_STORE_URL does not come from a Secret"},
+		{"secret key missing", "key: AWS_SECRET_ACCESS_KEY", "key: AWS_SECRET_KEY", "has no key AWS_SECRET_KEY"},
+		{"secret missing", "                  name: fhir-bulk-proxy\n                  key: AWS_ACCESS_KEY_ID", "                  name: s3-credentials\n                  key: AWS_ACCESS_KEY_ID", "Secret s3-credentials is not in this file"},
+		{"real-looking credential", "AWS_ACCESS_KEY_ID: REPLACE-ME", "AWS_ACCESS_KEY_ID: AKIAIOSFODNN7EXAMPLE", "placeholder"},
+		{"bbolt store", "FBP_STORE_URL: postgres://fbp:REPLACE-ME@postgres.example.internal:5432/fbp?sslmode=verify-full", `FBP_STORE_URL: ""`, "replicas need the PostgreSQL store"},
+		{"files on disk", "value: s3://fhir-exports/exports", `value: ""`, "replicas need the files in S3"},
+		{"endpoint not a URL", "value: https://s3.example.internal", "value: s3.example.internal", "FBP_FILES_S3_ENDPOINT"},
+		{"unknown variable", "name: FBP_FILES_S3_PATH_STYLE", "name: FBP_S3_PATH_STYLE", "not a variable"},
+		{"HAPI sidecar", "      containers:\n        - name: fhir-bulk-proxy\n",
+			"      containers:\n        - name: hapi\n          image: hapiproject/hapi:v8.0.0\n          securityContext: {runAsNonRoot: true, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}\n        - name: fhir-bulk-proxy\n",
+			"server of its own"},
+		{"upstream elsewhere", "value: http://fhir-server:8080/fhir", "value: http://127.0.0.1:8080/fhir", "FBP_UPSTREAM"},
+		{"upstream port", "value: http://fhir-server:8080/fhir", "value: http://fhir-server:8081/fhir", "FBP_UPSTREAM"},
+		{"PVC", "          emptyDir:\n            sizeLimit: 64Mi\n        - name: tmp", "          persistentVolumeClaim:\n            claimName: fhir-bulk-proxy-data\n        - name: tmp", "PersistentVolumeClaim"},
+		{"data dir elsewhere", "mountPath: " + img.DataDir, "mountPath: /data", "no writable volume"},
+		{"no spreading", "topologyKey: kubernetes.io/hostname", "topologyKey: topology.kubernetes.io/region", "podAntiAffinity"},
+		{"spreading selects nothing", "                  matchLabels:\n                    app.kubernetes.io/name: fhir-bulk-proxy",
+			"                  matchLabels:\n                    app.kubernetes.io/name: other", "podAntiAffinity"},
+		{"service port", "targetPort: http", "targetPort: 9090", "does not expose"},
+	}
+	for _, c := range cases {
+		expectProblem(t, c.name, checkKubernetesReplicated([]byte(mutate(t, src, c.old, c.new)), img), c.want)
+	}
+
+	// A label both Deployments' Pods carry, chosen as the Service's selector.
+	broad := src
+	for _, name := range []string{"fhir-bulk-proxy", "fhir-server"} {
+		broad = mutate(t, broad, "      labels:\n        app.kubernetes.io/name: "+name+"\n",
+			"      labels:\n        app.kubernetes.io/name: "+name+"\n        app.kubernetes.io/part-of: fhir\n")
+	}
+	broad = mutate(t, broad, "  selector:\n    app.kubernetes.io/name: fhir-bulk-proxy\n  ports:", "  selector:\n    app.kubernetes.io/part-of: fhir\n  ports:")
+	expectProblem(t, "service selects HAPI", checkKubernetesReplicated([]byte(broad), img), "selects the Pods of fhir-server")
 }

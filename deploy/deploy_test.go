@@ -1222,6 +1222,12 @@ type composeService struct {
 	Healthcheck *struct {
 		Test yaml.Node `yaml:"test"`
 	} `yaml:"healthcheck"`
+	// Read by the checks of compose-replicated.yaml.
+	Command         yaml.Node `yaml:"command"`    // a string or a list
+	Entrypoint      yaml.Node `yaml:"entrypoint"` // a string or a list
+	Tmpfs           yaml.Node `yaml:"tmpfs"`      // a string or a list
+	SecurityOpt     []string  `yaml:"security_opt"`
+	StopGracePeriod string    `yaml:"stop_grace_period"`
 }
 
 // composeBuild is build: DIR or build: {context, dockerfile, args}.
@@ -1468,12 +1474,18 @@ type k8sObject struct {
 		Labels map[string]string `yaml:"labels"`
 	} `yaml:"metadata"`
 	Spec yaml.Node `yaml:"spec"`
+	// Secrets and ConfigMaps.
+	StringData map[string]string `yaml:"stringData"`
+	Data       map[string]string `yaml:"data"`
 }
 
 type deploymentSpec struct {
 	Replicas *int `yaml:"replicas"`
 	Strategy struct {
-		Type string `yaml:"type"`
+		Type          string `yaml:"type"`
+		RollingUpdate *struct {
+			MaxUnavailable yaml.Node `yaml:"maxUnavailable"` // an int or a percentage
+		} `yaml:"rollingUpdate"`
 	} `yaml:"strategy"`
 	Selector struct {
 		MatchLabels map[string]string `yaml:"matchLabels"`
@@ -1495,7 +1507,26 @@ type podSpec struct {
 		PersistentVolumeClaim *struct {
 			ClaimName string `yaml:"claimName"`
 		} `yaml:"persistentVolumeClaim"`
+		EmptyDir *struct {
+			SizeLimit string `yaml:"sizeLimit"`
+		} `yaml:"emptyDir"`
 	} `yaml:"volumes"`
+	// Read by the checks of kubernetes-replicated.yaml.
+	InitContainers                []container `yaml:"initContainers"`
+	TerminationGracePeriodSeconds *int        `yaml:"terminationGracePeriodSeconds"`
+	Affinity                      struct {
+		PodAntiAffinity *struct {
+			Preferred []struct {
+				Weight          int `yaml:"weight"`
+				PodAffinityTerm struct {
+					TopologyKey   string `yaml:"topologyKey"`
+					LabelSelector struct {
+						MatchLabels map[string]string `yaml:"matchLabels"`
+					} `yaml:"labelSelector"`
+				} `yaml:"podAffinityTerm"`
+			} `yaml:"preferredDuringSchedulingIgnoredDuringExecution"`
+		} `yaml:"podAntiAffinity"`
+	} `yaml:"affinity"`
 }
 
 type securityContext struct {
@@ -1506,6 +1537,9 @@ type securityContext struct {
 	Capabilities             struct {
 		Drop []string `yaml:"drop"`
 	} `yaml:"capabilities"`
+	SeccompProfile *struct {
+		Type string `yaml:"type"`
+	} `yaml:"seccompProfile"`
 }
 
 type container struct {
@@ -1513,19 +1547,35 @@ type container struct {
 	Image   string   `yaml:"image"`
 	Command []string `yaml:"command"`
 	Args    []string `yaml:"args"`
-	Env     []struct {
-		Name  string `yaml:"name"`
-		Value string `yaml:"value"`
-	} `yaml:"env"`
+	Env     []envVar `yaml:"env"`
+	EnvFrom []struct {
+		SecretRef    *struct{ Name string } `yaml:"secretRef"`
+		ConfigMapRef *struct{ Name string } `yaml:"configMapRef"`
+	} `yaml:"envFrom"`
 	Ports          []containerPort `yaml:"ports"`
 	LivenessProbe  *probe          `yaml:"livenessProbe"`
 	ReadinessProbe *probe          `yaml:"readinessProbe"`
+	StartupProbe   *probe          `yaml:"startupProbe"`
 	Resources      struct {
 		Requests map[string]string `yaml:"requests"`
 		Limits   map[string]string `yaml:"limits"`
 	} `yaml:"resources"`
 	SecurityContext securityContext `yaml:"securityContext"`
 	VolumeMounts    []volumeMount   `yaml:"volumeMounts"`
+}
+
+type envVar struct {
+	Name      string `yaml:"name"`
+	Value     string `yaml:"value"`
+	ValueFrom *struct {
+		SecretKeyRef    *keyRef `yaml:"secretKeyRef"`
+		ConfigMapKeyRef *keyRef `yaml:"configMapKeyRef"`
+	} `yaml:"valueFrom"`
+}
+
+type keyRef struct {
+	Name string `yaml:"name"`
+	Key  string `yaml:"key"`
 }
 
 type containerPort struct {
@@ -1557,6 +1607,9 @@ type probe struct {
 		Path string `yaml:"path"`
 		Port string `yaml:"port"` // a number or a port name
 	} `yaml:"httpGet"`
+	InitialDelaySeconds int  `yaml:"initialDelaySeconds"`
+	PeriodSeconds       *int `yaml:"periodSeconds"`
+	FailureThreshold    *int `yaml:"failureThreshold"`
 }
 
 type serviceSpec struct {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -63,6 +65,13 @@ func (s *Store) Replicas(ctx context.Context, conns int32) (*Replicas, error) {
 	cfg := s.pool.Config()
 	cfg.MaxConns = conns
 	cfg.MinConns = 0
+	// A context that ends cancels the statement on the server (a cancel
+	// request), not only the client's wait: a lock wait left behind by a
+	// closed connection would otherwise go on in its backend, which could
+	// still be granted the lock and hold it for a moment.
+	cfg.ConnConfig.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: replicas: %w", redact(err))

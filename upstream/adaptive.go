@@ -191,9 +191,9 @@ func (a *Adaptive) ceiling() float64 {
 // SetCap makes n (n < 0: Max) the hard cap until the deadline until (zero:
 // no deadline), after which no slot is granted until the next SetCap. A
 // limit above the cap comes down to it and grows no further than it (a cap
-// below Min leaves the limit alone and holds requests back by itself). Requests in flight
-// above a lowered cap are not interrupted: Acquire waits until fewer than
-// the cap are.
+// below Min leaves the limit alone and holds requests back by itself).
+// Requests in flight above a lowered cap are not interrupted: Acquire
+// waits until fewer than the cap are.
 func (a *Adaptive) SetCap(n int, until time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

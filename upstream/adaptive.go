@@ -91,14 +91,22 @@ func (o Outcome) overloaded() bool {
 // The limit stays within [Min, Max]. Use Acquire before each request and
 // Release with its outcome after it (exactly once per successful Acquire).
 // It is safe for concurrent use.
+//
+// SetCap lowers the hard cap at run time (a cluster replica's share of the
+// cluster-wide budget), with a deadline after which no slot is granted
+// until the next SetCap; SetRate changes the rate limit.
+// AcquireUrgent takes a slot ahead of the waiting Acquire calls, within
+// that cap but past the AIMD limit and the Retry-After hold.
 type Adaptive struct {
 	min, max          int
 	backoff, latBack  float64
 	tolerance         float64
 	minWindow         int
 	now               func() time.Time
-	rl                *rate.Limiter // nil: no rate limit
 	mu                sync.Mutex
+	rl                *rate.Limiter // nil: no rate limit
+	cap               runCap        // SetCap's; the zero value caps nothing
+	urgent            int           // AcquireUrgent calls waiting
 	limit             float64
 	inflight          int
 	peak              int           // most in flight since the limit last changed
@@ -160,14 +168,52 @@ func NewAdaptive(o AdaptiveOptions) (*Adaptive, error) {
 	return a, nil
 }
 
-// Current returns the current concurrency limit.
+// Current returns the current concurrency limit: the AIMD limit, or less
+// under SetCap (0 once the cap's deadline passed).
 func (a *Adaptive) Current() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.current()
+	return a.cap.at(a.now(), a.current())
 }
 
+// current is the AIMD limit; a.mu is held.
 func (a *Adaptive) current() int { return int(math.Floor(a.limit + 1e-9)) }
+
+// ceiling is the most the AIMD limit may grow to: Max, or the cap of
+// SetCap when lower (never below Min); a.mu is held.
+func (a *Adaptive) ceiling() float64 {
+	if a.cap.capped && a.cap.n < a.max {
+		return float64(max(a.cap.n, a.min))
+	}
+	return float64(a.max)
+}
+
+// SetCap makes n (n < 0: Max) the hard cap until the deadline until (zero:
+// no deadline), after which no slot is granted until the next SetCap. A
+// limit above the cap comes down to it and grows no further than it (a cap
+// below Min leaves the limit alone and holds requests back by itself).
+// Requests in flight above a lowered cap are not interrupted: Acquire
+// waits until fewer than the cap are.
+func (a *Adaptive) SetCap(n int, until time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.cap.set(n, until)
+	// A cap below Min (0: no grant yet, or none left) holds requests back
+	// by itself and leaves the limit as it was.
+	if c := a.ceiling(); a.limit > c && a.cap.n >= a.min {
+		a.limit = c
+		a.peak = a.inflight
+	}
+	a.wake()
+}
+
+// SetRate limits the starts to rps per second with a bucket of burst
+// (rps <= 0: no rate limit), replacing AdaptiveOptions.RPS and Burst.
+func (a *Adaptive) SetRate(rps float64, burst int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	setRate(&a.rl, rps, burst)
+}
 
 // InFlight returns the number of acquired, not yet released slots.
 func (a *Adaptive) InFlight() int {
@@ -187,36 +233,68 @@ func (a *Adaptive) PausedUntil() time.Time {
 }
 
 // Acquire waits for a slot under the current limit (and the Retry-After
-// hold and the rate limit, if any). It returns ctx's error when ctx ends
-// first; then no slot is held.
-func (a *Adaptive) Acquire(ctx context.Context) error {
+// hold, the cap of SetCap and the rate limit, if any), after the waiting
+// AcquireUrgent calls. It returns ctx's error when ctx ends first; then no
+// slot is held.
+func (a *Adaptive) Acquire(ctx context.Context) error { return a.acquire(ctx, false) }
+
+// AcquireUrgent waits for a slot under the cap of SetCap (Max without one)
+// and the rate limit, ahead of the waiting Acquire calls and past the AIMD
+// limit and the Retry-After hold: for the requests a client waits for,
+// which must still count against a cluster replica's share. Release the
+// slot with Release.
+func (a *Adaptive) AcquireUrgent(ctx context.Context) error { return a.acquire(ctx, true) }
+
+func (a *Adaptive) acquire(ctx context.Context, urgent bool) error {
+	if urgent {
+		a.mu.Lock()
+		a.urgent++
+		a.mu.Unlock()
+		defer func() {
+			a.mu.Lock()
+			a.urgent--
+			a.wake()
+			a.mu.Unlock()
+		}()
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		a.mu.Lock()
 		now := a.now()
-		if wait := a.pausedUntil.Sub(now); wait > 0 {
+		if wait := a.pausedUntil.Sub(now); wait > 0 && !urgent {
 			a.mu.Unlock()
 			if !sleep(ctx, wait) {
 				return ctx.Err()
 			}
 			continue
 		}
-		if a.inflight < a.current() {
+		limit := a.cap.at(now, a.max)
+		if !urgent {
+			limit = a.cap.at(now, a.current())
+		}
+		if a.inflight < limit && (urgent || a.urgent == 0) {
 			a.inflight++
 			a.peak = max(a.peak, a.inflight)
+			rl := a.rl
 			a.mu.Unlock()
-			if a.rl != nil {
-				if err := a.rl.Wait(ctx); err != nil {
-					a.release()
-					if ctx.Err() != nil {
-						return ctx.Err()
-					}
-					return err
-				}
+			if rl == nil {
+				return nil
 			}
-			return nil
+			if err := rl.Wait(ctx); err != nil {
+				a.release()
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return err
+			}
+			// The cap may have expired during the wait: look again.
+			if a.fresh() {
+				return nil
+			}
+			a.release()
+			continue
 		}
 		ch := a.changed
 		a.mu.Unlock()
@@ -226,6 +304,13 @@ func (a *Adaptive) Acquire(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// fresh reports whether the deadline of SetCap is still ahead.
+func (a *Adaptive) fresh() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cap.until.IsZero() || a.now().Before(a.cap.until)
 }
 
 // release frees a slot without judging the outcome.
@@ -264,8 +349,8 @@ func (a *Adaptive) Release(o Outcome) {
 		a.observe(o.Latency)
 		if slow {
 			a.decrease(now, started, a.latBack)
-		} else if full && a.limit < float64(a.max) {
-			a.limit = min(a.limit+1/float64(before), float64(a.max))
+		} else if c := a.ceiling(); full && a.limit < c {
+			a.limit = min(a.limit+1/float64(before), c)
 			a.increases++
 		}
 	}
@@ -314,7 +399,7 @@ type AdaptiveStats struct {
 func (a *Adaptive) Stats() AdaptiveStats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return AdaptiveStats{Limit: a.current(), InFlight: a.inflight, MinLatency: a.minLatency,
+	return AdaptiveStats{Limit: a.cap.at(a.now(), a.current()), InFlight: a.inflight, MinLatency: a.minLatency,
 		Increases: a.increases, Decreases: a.decays}
 }
 

@@ -104,12 +104,25 @@ type Options struct {
 	// checks of a kick-off, which a client waits for) that may be in
 	// flight beside the bound of Adaptive, Limiter or Concurrency, so that
 	// they never queue behind export searches (default 2; negative: none,
-	// urgent requests share the bound).
+	// urgent requests share the bound; unused with UrgentFirst).
 	UrgentLane int
 	// Adaptive, when not nil, bounds the requests in flight instead of
-	// Limiter and Concurrency: an AIMD limit that follows the upstream's
-	// answers (see Adaptive). It may be shared by several Clients.
+	// Bound, Limiter and Concurrency: an AIMD limit that follows the
+	// upstream's answers (see Adaptive). It may be shared by several
+	// Clients.
 	Adaptive *Adaptive
+	// Bound, when not nil (and Adaptive nil), bounds the requests in
+	// flight instead of Limiter and Concurrency: a bound shared by several
+	// Clients whose size may change at run time, such as a *Limit whose
+	// cap a cluster replica sets to its share of the cluster's budget.
+	Bound Bound
+	// UrgentFirst makes requests marked exporter.Urgent take a slot of
+	// Adaptive or Bound (when it has AcquireUrgent, as *Limit has) ahead of
+	// the requests waiting for one, instead of the UrgentLane beside it
+	// (which is then unused): for a bound that is a cluster replica's
+	// share, which no request may exceed. With Limiter or Concurrency
+	// urgent requests then simply share the bound.
+	UrgentFirst bool
 }
 
 // Stats are counters of a Client since New, for logs and benchmarks.
@@ -129,8 +142,9 @@ type Client struct {
 	baseStr  string
 	hc       *http.Client
 	sem      chan struct{}
-	urgent   chan struct{} // nil: urgent requests share sem or adaptive
-	adaptive *Adaptive     // nil: sem bounds the requests
+	urgent   chan struct{} // nil: urgent requests share sem, bound or adaptive
+	adaptive *Adaptive     // nil: bound or sem bounds the requests
+	bound    Bound         // nil: sem bounds the requests (unless adaptive)
 	metrics  *metrics.Metrics
 	header   http.Header
 	secrets  []string // header values to scrub from error excerpts
@@ -149,6 +163,10 @@ type Client struct {
 	capLock chan struct{} // a mutex callers can stop waiting for
 	capVal  *exporter.Capabilities
 	capAt   time.Time
+
+	// urgentFirst: urgent requests take a slot of adaptive or bound ahead
+	// of the others (Options.UrgentFirst).
+	urgentFirst bool
 }
 
 var _ exporter.Upstream = (*Client)(nil)
@@ -193,8 +211,15 @@ func New(o Options) (*Client, error) {
 
 	c.adaptive = o.Adaptive
 	c.metrics = o.Metrics
+	c.urgentFirst = o.UrgentFirst
 	if o.Adaptive != nil {
 		c.sem = make(chan struct{}, o.Adaptive.Max())
+	} else if o.Bound != nil {
+		if o.Bound.Max() <= 0 {
+			return nil, errors.New("upstream: Options.Bound must grant at least one slot")
+		}
+		c.bound = o.Bound
+		c.sem = make(chan struct{}, o.Bound.Max()) // sizes the idle connections only
 	} else if o.Limiter != nil {
 		if cap(o.Limiter) == 0 {
 			return nil, errors.New("upstream: Options.Limiter must have a non-zero capacity")
@@ -212,6 +237,7 @@ func New(o Options) (*Client, error) {
 	}
 
 	switch {
+	case o.UrgentFirst:
 	case o.UrgentLane == 0:
 		c.urgent = make(chan struct{}, DefaultUrgentLane)
 	case o.UrgentLane > 0:

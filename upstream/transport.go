@@ -83,8 +83,9 @@ func (c *Client) attempt(ctx context.Context, r *request, decode func(*bodyReade
 	}
 	var status int
 	var latency time.Duration
+	urgent := exporter.IsUrgent(ctx)
 	switch {
-	case c.urgent != nil && exporter.IsUrgent(ctx):
+	case c.urgent != nil && urgent:
 		// A client waits for it: its own lane, past the export searches
 		// queued for the shared bound (and the adaptive limit's holds).
 		select {
@@ -94,10 +95,24 @@ func (c *Client) attempt(ctx context.Context, r *request, decode func(*bodyReade
 		}
 		defer func() { <-c.urgent }()
 	case c.adaptive != nil:
-		if c.adaptive.Acquire(ctx) != nil {
+		acquire := c.adaptive.Acquire
+		if urgent && c.urgentFirst {
+			// Ahead of the queue, within the cluster replica's cap.
+			acquire = c.adaptive.AcquireUrgent
+		}
+		if acquire(ctx) != nil {
 			return failure{ctxErr(ctx, r.what), false, -1}
 		}
 		defer func() { c.adaptive.Release(outcomeOf(f, status, latency)) }()
+	case c.bound != nil:
+		acquire := c.bound.Acquire
+		if ub, ok := c.bound.(urgentBound); ok && urgent && c.urgentFirst {
+			acquire = ub.AcquireUrgent
+		}
+		if acquire(ctx) != nil {
+			return failure{ctxErr(ctx, r.what), false, -1}
+		}
+		defer c.bound.Release()
 	default:
 		select {
 		case c.sem <- struct{}{}:

@@ -22,11 +22,13 @@ import (
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/auth"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/blobs/s3blobs"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/cluster"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/cohort"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/config"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/metrics"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/proxy"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/store/pgstore"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/upstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -60,6 +62,10 @@ type App struct {
 	// requests of all jobs instead of limiter: it raises and lowers the
 	// limit from latency, 429s and Retry-After, up to export.max_concurrency.
 	adaptive *upstream.Adaptive
+	// cluster is set when the store is PostgreSQL (app/cluster.go); bound
+	// is then the fixed-mode bound whose cap the cluster steers.
+	cluster  *cluster.Cluster
+	bound    *upstream.Limit
 	serveErr chan error
 
 	registry *prometheus.Registry
@@ -98,7 +104,18 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		return nil, err
 	}
 	a.newMetrics()
-	if cfg.Export.AdaptiveConcurrency {
+	if pg, ok := st.(*pgstore.Store); ok {
+		// Cluster mode: the upstream budget and the locks are the
+		// cluster's (app/cluster.go).
+		ub, err := newClusterBound(cfg)
+		if err != nil {
+			return fail(err)
+		}
+		a.bound, a.adaptive = ub.limit, ub.adaptive
+		if a.cluster, err = newCluster(pg, cfg, log, clusterSettings{ReplicaID: cfg.Store.ReplicaID, LeaseTTL: cfg.Store.LeaseTTL}, ub); err != nil {
+			return fail(err)
+		}
+	} else if cfg.Export.AdaptiveConcurrency {
 		a.adaptive, err = upstream.NewAdaptive(upstream.AdaptiveOptions{
 			Max:     max(cfg.Export.MaxConcurrency, cfg.Export.Concurrency),
 			Initial: cfg.Export.Concurrency,
@@ -131,7 +148,14 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 	if err := a.newCohorts(); err != nil {
 		return fail(err)
 	}
+	var cl exporter.Cluster
+	leaseTTL := time.Duration(0)
+	if a.cluster != nil {
+		cl, leaseTTL = a.cluster, a.cluster.TTL()
+	}
 	a.service, err = exporter.New(exporter.Options{
+		Cluster:         cl,
+		LeaseTTL:        leaseTTL,
 		Groups:          a.groups(),
 		Store:           st,
 		Blobs:           bl,
@@ -265,6 +289,8 @@ func (a *App) upstreamFor(vars map[string]string) (exporter.Upstream, error) {
 		Client:                hc,
 		Limiter:               a.limiter,
 		Adaptive:              a.adaptive,
+		Bound:                 a.boundOrNil(),
+		UrgentFirst:           a.cluster != nil,
 		MaxURLLength:          a.cfg.Export.MaxURLLength,
 		Retries:               a.cfg.UpstreamHTTP.Retries,
 		ResponseHeaderTimeout: a.cfg.UpstreamHTTP.ResponseHeaderTimeout,
@@ -305,6 +331,15 @@ func (a *App) Start(ctx context.Context) error {
 		if a.adminLn, err = net.Listen("tcp", a.cfg.Admin.Listen); err != nil {
 			_ = ln.Close()
 			return fmt.Errorf("listen on admin.listen %s: %w", a.cfg.Admin.Listen, err)
+		}
+	}
+	if a.cluster != nil {
+		if err := a.cluster.Start(ctx); err != nil {
+			_ = ln.Close()
+			if a.adminLn != nil {
+				_ = a.adminLn.Close()
+			}
+			return fmt.Errorf("join the cluster: %w", err)
 		}
 	}
 	if err := a.service.Start(ctx); err != nil {
@@ -455,6 +490,11 @@ func (a *App) Shutdown(ctx context.Context) error {
 	}
 	if err := a.stopCohorts(ctx); err != nil {
 		errs = append(errs, err)
+	}
+	if a.cluster != nil {
+		if err := a.cluster.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("leave the cluster: %w", err))
+		}
 	}
 	if err := a.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
@@ -666,11 +706,23 @@ func (a *App) unitWorkers() int {
 	return a.unitConcurrency()
 }
 
+// boundOrNil returns a.bound as an upstream.Bound (nil without one: a
+// typed nil would look set).
+func (a *App) boundOrNil() upstream.Bound {
+	if a.bound == nil {
+		return nil
+	}
+	return a.bound
+}
+
 // UpstreamConcurrency returns the current limit of upstream requests in
 // flight (the adaptive limit, or the fixed one).
 func (a *App) UpstreamConcurrency() int {
 	if a.adaptive != nil {
 		return a.adaptive.Current()
+	}
+	if a.bound != nil {
+		return a.bound.Cap()
 	}
 	return a.cfg.Export.Concurrency
 }

@@ -69,6 +69,9 @@ func (a *App) upstreamInFlight() int {
 	if a.adaptive != nil {
 		return a.adaptive.InFlight()
 	}
+	if a.bound != nil {
+		return a.bound.InFlight()
+	}
 	return len(a.limiter)
 }
 

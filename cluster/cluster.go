@@ -355,3 +355,7 @@ func (c *Cluster) Cap() int {
 
 // HeartbeatFailures returns the number of heartbeats that failed.
 func (c *Cluster) HeartbeatFailures() int64 { return c.failures.Load() }
+
+// TTL returns how long a heartbeat keeps a replica alive; the exporter's
+// unit leases use the same.
+func (c *Cluster) TTL() time.Duration { return c.ttl }

@@ -58,6 +58,13 @@ type StoreConfig struct {
 	// postgres:// (postgresql://) URL for PostgreSQL. It may hold a
 	// password: it is a Secret and never logged.
 	URL Secret `yaml:"url" usage:"job store: empty for bbolt in data_dir, or a postgres:// URL"`
+	// ReplicaID names this replica among those sharing a PostgreSQL store
+	// (default: host name and random digits, new at every start).
+	ReplicaID string `yaml:"replica_id" usage:"with PostgreSQL: this replica's id among those sharing the store (default host name and random digits)"`
+	// LeaseTTL is, with PostgreSQL, how long a replica's heartbeat and its
+	// work units' leases hold without renewal: a replica that dies is
+	// noticed, and its units taken over, that much later (default 15s).
+	LeaseTTL time.Duration `yaml:"lease_ttl" usage:"with PostgreSQL: how long heartbeats and unit leases hold unrenewed; a dead replica's work is taken over after it (default 15s)"`
 }
 
 // FilesConfig chooses where exported files live.

@@ -127,6 +127,8 @@ func TestOptionNames(t *testing.T) {
 		"limits.read_header_timeout":            {"FBP_LIMITS_READ_HEADER_TIMEOUT", "limits-read-header-timeout"},
 		"limits.idle_timeout":                   {"FBP_LIMITS_IDLE_TIMEOUT", "limits-idle-timeout"},
 		"store.url":                             {"FBP_STORE_URL", "store-url"},
+		"store.replica_id":                      {"FBP_STORE_REPLICA_ID", "store-replica-id"},
+		"store.lease_ttl":                       {"FBP_STORE_LEASE_TTL", "store-lease-ttl"},
 		"files.url":                             {"FBP_FILES_URL", "files-url"},
 		"files.redirect":                        {"FBP_FILES_REDIRECT", "files-redirect"},
 		"files.s3.endpoint":                     {"FBP_FILES_S3_ENDPOINT", "files-s3-endpoint"},

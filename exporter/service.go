@@ -753,7 +753,7 @@ func (s *Service) help(ctx context.Context, j *Job) {
 		log.Warn().Err(err).Msg("cannot run units of the job")
 		return
 	}
-	log.Debug().Str("driver", j.WorkerID).Msg("running units of a job another replica drives")
+	log.Info().Str("driver", j.WorkerID).Msg("running units of a job another replica drives")
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -73,7 +74,7 @@ func startReplicas(t *testing.T, n int, upstream string, extra ...string) *repli
 		t.Cleanup(func() { logf.Close() })
 		p := &proxyProc{t: t, bin: bin, addr: addr, log: logf, env: env, args: append([]string{"serve",
 			"--listen", addr, "--upstream", upstream, "--public-url", "http://" + addr + "/fhir",
-			"--data-dir", t.TempDir(), "--log-level", "warn",
+			"--data-dir", t.TempDir(), "--log-level", "info",
 			"--store-url", dbURL, "--store-lease-ttl", "2s", "--store-replica-id", fmt.Sprintf("replica-%d", i),
 			"--files-url", "s3://" + bucket + "/exports", "--files-s3-endpoint", s3srv.Endpoint, "--files-s3-path-style",
 		}, extra...)}
@@ -167,9 +168,27 @@ func TestThreeReplicasKill(t *testing.T) {
 	ps := sim.PageStats()
 	t.Logf("3 replicas, %d killed with SIGKILL and restarted; %d resources exported exactly once; upstream pages served %d, distinct %d, fetched more than once %d",
 		kills, n, ps.Served, ps.Distinct, ps.Served-ps.Distinct)
+	rs.checkSpread(t)
 	if t.Failed() {
 		t.Log(rs.logs(t))
 	}
+}
+
+// checkSpread fails unless some replica ran units of a job another drove:
+// the work was spread, not run by one replica while the others idled.
+func (rs *replicaSet) checkSpread(t *testing.T) {
+	t.Helper()
+	helpers := 0
+	for _, p := range rs.procs {
+		b, _ := os.ReadFile(p.log.Name())
+		if strings.Contains(string(b), "running units of a job another replica drives") {
+			helpers++
+		}
+	}
+	if helpers == 0 {
+		t.Error("no replica ran units of a job another replica drove")
+	}
+	t.Logf("%d of %d replicas ran units of a job another drove", helpers, len(rs.procs))
 }
 
 // TestReplicaPausedPastLease stops a replica with SIGSTOP in the middle of
@@ -188,15 +207,27 @@ func TestReplicaPausedPastLease(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	c := &bulkclient.Client{MaxWait: 100 * time.Millisecond, HTTP: &http.Client{Transport: rs}}
-	// The kick-off goes to the replica that will be paused: it drives the
-	// job, so both its unit leases and its driving are taken over.
 	status, err := c.KickOff(ctx, "http://"+rs.procs[2].addr+"/fhir/Group/all/$export", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs.setUp(2, false)
+	// The replica that drives the job is paused: both its unit leases and
+	// its driving must be taken over.
+	driver := -1
+	for deadline := time.Now().Add(20 * time.Second); driver < 0 && time.Now().Before(deadline); {
+		for i, p := range rs.procs {
+			if b, _ := os.ReadFile(p.log.Name()); strings.Contains(string(b), "export job started") {
+				driver = i
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if driver < 0 {
+		t.Fatalf("no replica started the job\n%s", rs.logs(t))
+	}
+	rs.setUp(driver, false)
 	time.Sleep(600 * time.Millisecond)
-	p := rs.procs[2].cmd.Process
+	p := rs.procs[driver].cmd.Process
 	if err := p.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +236,7 @@ func TestReplicaPausedPastLease(t *testing.T) {
 	if err := p.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	rs.setUp(2, true)
+	rs.setUp(driver, true)
 	m, err := c.Wait(ctx, status)
 	if err != nil {
 		t.Fatalf("wait: %v\n%s", err, rs.logs(t))
@@ -213,6 +244,15 @@ func TestReplicaPausedPastLease(t *testing.T) {
 	n := checkExact(t, ctx, c, sim, m)
 	ps := sim.PageStats()
 	t.Logf("replica paused 6s (lease 2s) and resumed; %d resources exported exactly once; pages fetched more than once %d", n, ps.Served-ps.Distinct)
+	rs.checkSpread(t)
+	adopted := false
+	for i, p := range rs.procs {
+		b, _ := os.ReadFile(p.log.Name())
+		adopted = adopted || i != driver && strings.Contains(string(b), "driving a running job whose driver stopped")
+	}
+	if !adopted {
+		t.Error("no replica took over driving the job of the paused one")
+	}
 	if t.Failed() {
 		t.Log(rs.logs(t))
 	}

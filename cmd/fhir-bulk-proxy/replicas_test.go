@@ -117,6 +117,26 @@ func checkExact(t *testing.T, ctx context.Context, c *bulkclient.Client, sim *fh
 	return n
 }
 
+// replicaExport starts an upstream with real servers' manners, three
+// replicas on one database and bucket, and a Group export of 300 patients
+// kicked off on replica first; the client sends every request to a random
+// live replica.
+func replicaExport(t *testing.T, seed int64, first int) (*fhirtest.Server, *replicaSet, *bulkclient.Client, string, context.Context) {
+	sim := fhirtest.New(fhirtest.Options{Patients: 300, Seed: seed, Latency: 20 * time.Millisecond}.WithRealManners())
+	srv := httptest.NewServer(sim.Handler())
+	t.Cleanup(srv.Close)
+	rs := startReplicas(t, 3, srv.URL+"/fhir", "--export-page-size", "50", "--export-batch-size", "40",
+		"--export-adaptive-concurrency=false", "--export-concurrency", "3", "--export-poll-throttle=false")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	c := &bulkclient.Client{MaxWait: 100 * time.Millisecond, HTTP: &http.Client{Transport: rs}}
+	status, err := c.KickOff(ctx, "http://"+rs.procs[first].addr+"/fhir/Group/all/$export", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sim, rs, c, status, ctx
+}
+
 // TestThreeReplicasKill runs a Group export of 300 patients on three
 // replicas sharing PostgreSQL and S3, every status poll and download sent
 // to a random replica; one replica is killed with SIGKILL mid-export and
@@ -126,19 +146,7 @@ func TestThreeReplicasKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the real binary")
 	}
-	sim := fhirtest.New(fhirtest.Options{Patients: 300, Seed: 21, Latency: 20 * time.Millisecond})
-	srv := httptest.NewServer(sim.Handler())
-	defer srv.Close()
-	rs := startReplicas(t, 3, srv.URL+"/fhir", "--export-page-size", "50", "--export-batch-size", "40",
-		"--export-adaptive-concurrency=false", "--export-concurrency", "3", "--export-poll-throttle=false")
-
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	c := &bulkclient.Client{MaxWait: 100 * time.Millisecond, HTTP: &http.Client{Transport: rs}}
-	status, err := c.KickOff(ctx, "http://"+rs.procs[0].addr+"/fhir/Group/all/$export", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sim, rs, c, status, ctx := replicaExport(t, 21, 0)
 	kills := 0
 	for _, victim := range []int{1, 0} {
 		time.Sleep(time.Duration(300+rs.rng.IntN(300)) * time.Millisecond)
@@ -198,19 +206,7 @@ func TestReplicaPausedPastLease(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the real binary")
 	}
-	sim := fhirtest.New(fhirtest.Options{Patients: 300, Seed: 22, Latency: 20 * time.Millisecond})
-	srv := httptest.NewServer(sim.Handler())
-	defer srv.Close()
-	rs := startReplicas(t, 3, srv.URL+"/fhir", "--export-page-size", "50", "--export-batch-size", "40",
-		"--export-adaptive-concurrency=false", "--export-concurrency", "3", "--export-poll-throttle=false")
-
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	c := &bulkclient.Client{MaxWait: 100 * time.Millisecond, HTTP: &http.Client{Transport: rs}}
-	status, err := c.KickOff(ctx, "http://"+rs.procs[2].addr+"/fhir/Group/all/$export", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sim, rs, c, status, ctx := replicaExport(t, 22, 2)
 	// The replica that drives the job is paused: both its unit leases and
 	// its driving must be taken over.
 	driver := -1

@@ -33,6 +33,7 @@ func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serve) }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.requests.Add(1)
+	defer s.enter()()
 	ctx := r.Context()
 	if s.opts.Authorize != nil && !s.opts.Authorize(r) {
 		unauthorized(w, s.opts.Pretty || r.URL.Query().Get("_pretty") == "true")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -234,5 +235,57 @@ func TestConcurrentUse(t *testing.T) {
 	wg.Wait()
 	if s.Requests() == 0 {
 		t.Error("no requests counted")
+	}
+}
+
+func TestPeakInFlight(t *testing.T) {
+	s, base := startServer(t, Options{Seed: 1, Latency: time.Minute})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metadata", nil)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		})
+	}
+	waitUntil(t, "5 requests in flight", func() bool { return s.InFlight() == 5 })
+	cancel()
+	wg.Wait()
+	waitUntil(t, "no request in flight", func() bool { return s.InFlight() == 0 })
+	if got := s.PeakInFlight(); got != 5 {
+		t.Fatalf("peak %d, want 5", got)
+	}
+	s.ResetCounters()
+	if got := s.PeakInFlight(); got != 0 {
+		t.Fatalf("peak after ResetCounters %d, want 0", got)
+	}
+
+	// One request after another: the handler leaves before the response
+	// ends, so the next never overlaps it.
+	s2, base2 := startServer(t, Options{Seed: 1})
+	for range 3 {
+		resp, err := http.Get(base2 + "/metadata")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if got := s2.PeakInFlight(); got != 1 {
+		t.Fatalf("sequential requests: peak %d, want 1", got)
+	}
+}
+
+// waitUntil polls cond until it holds, failing the test after 30s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

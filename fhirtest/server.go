@@ -296,6 +296,8 @@ type Server struct {
 	faults faultState
 
 	requests atomic.Int64
+	inflight atomic.Int64
+	peak     atomic.Int64
 	ctr      reqCounters
 	ctrMu    sync.Mutex
 	byType   map[string]int64
@@ -455,9 +457,30 @@ func (s *Server) RequestsByType() map[string]int64 {
 	return out
 }
 
+// InFlight returns the requests being served now: arrived and not yet
+// answered (waiting for a MaxConcurrent slot included).
+func (s *Server) InFlight() int64 { return s.inflight.Load() }
+
+// PeakInFlight returns the most requests that were in flight at once (as
+// InFlight counts them) since New or the last ResetCounters.
+func (s *Server) PeakInFlight() int64 { return s.peak.Load() }
+
+// enter counts a request in flight until the returned function is called.
+func (s *Server) enter() func() {
+	n := s.inflight.Add(1)
+	for {
+		p := s.peak.Load()
+		if n <= p || s.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	return func() { s.inflight.Add(-1) }
+}
+
 // ResetCounters zeroes Requests, RequestsByType, RequestCounts,
-// FaultCounts and PageStats.
+// FaultCounts and PageStats, and sets PeakInFlight to InFlight.
 func (s *Server) ResetCounters() {
+	s.peak.Store(s.inflight.Load())
 	s.ctrMu.Lock()
 	s.byType = map[string]int64{}
 	s.ctrMu.Unlock()

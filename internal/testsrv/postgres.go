@@ -21,7 +21,7 @@ import (
 // or a private cluster started by StartPostgres.
 type Postgres struct {
 	// Admin is the URL of a role that may CREATE DATABASE.
-	Admin string
+	Admin  string
 	cmd    *exec.Cmd
 	exited chan struct{}
 	dir    string

@@ -166,6 +166,7 @@ func New(cfg config.Config, log zerolog.Logger) (*App, error) {
 		PageSize:        cfg.Export.PageSize,
 		UnitConcurrency: a.unitConcurrency(),
 		UnitWorkers:     a.unitWorkers(),
+		Workers:         a.workersNow(),
 		MaxJobs:         cfg.Export.MaxJobs,
 		MaxFileSize:     cfg.Export.MaxFileSize,
 		Retention:       cfg.Export.Retention,
@@ -704,6 +705,30 @@ func (a *App) unitWorkers() int {
 		return 2 * a.unitConcurrency()
 	}
 	return a.unitConcurrency()
+}
+
+// workersNow is, in cluster mode, the exporter's Workers: units go to
+// replicas in proportion to the upstream slots they hold now. A replica
+// holding the whole budget runs as many as one process would
+// (unitWorkers); one holding part of it runs one unit per slot, since a
+// unit's pages are fetched one after another and a second unit on the same
+// slot would only slow the first (a long unit would then end the job
+// late); one holding none runs one, whose waiting request asks for a share
+// (the budget is shared on demand). Without a cluster it is nil: every run
+// holds UnitWorkers units.
+func (a *App) workersNow() func() int {
+	if a.cluster == nil {
+		return nil
+	}
+	perSlot := max(a.unitWorkers()/max(a.unitConcurrency(), 1), 1)
+	budget := clusterBudget(a.cfg)
+	return func() int {
+		n := a.UpstreamConcurrency()
+		if n >= budget {
+			return perSlot * n
+		}
+		return max(n, 1)
+	}
 }
 
 // boundOrNil returns a.bound as an upstream.Bound (nil without one: a

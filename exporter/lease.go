@@ -48,6 +48,17 @@ type Leaser interface {
 	PutUnitsDriven(ctx context.Context, jobID, owner string, token int64, units []Unit) error
 }
 
+// UnitWatcher is implemented by Leasers shared by several replicas that
+// can announce unit changes made elsewhere (PostgreSQL's LISTEN/NOTIFY):
+// WatchUnits returns a channel that receives, coalesced, when units of the
+// job were planned or a unit's lease was given up on any replica, and a
+// function that ends the subscription. It is a hint that saves waiting for
+// the next poll (Options.ClaimInterval); runs keep polling. The job id ""
+// watches the planning of units of every job.
+type UnitWatcher interface {
+	WatchUnits(jobID string) (<-chan struct{}, func())
+}
+
 // ErrJobLost is the error of a driver's write to a job another replica
 // took over.
 func ErrJobLost(jobID string) error {

@@ -359,14 +359,16 @@ const maxClaimFailures = 20
 func (r *jobRun) work(parent context.Context, settle bool) error {
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
-	workers := r.s.opts.UnitWorkers
-	results := make(chan unitResult, workers)
+	results := make(chan unitResult, r.s.opts.UnitWorkers)
 	active, claimFailures := 0, 0
 	var firstErr error
 	tick := time.NewTicker(r.s.opts.ClaimInterval)
 	defer tick.Stop()
+	changed, unwatch := r.s.watchUnits(r.job.ID)
+	defer unwatch()
 	for {
 		claimed := 0
+		workers := r.s.workers()
 		if firstErr == nil && ctx.Err() == nil && active < workers {
 			leases, err := r.s.leaser.ClaimUnits(ctx, r.job.ID, r.s.opts.WorkerID, workers-active, r.s.opts.LeaseTTL)
 			switch {
@@ -427,9 +429,29 @@ func (r *jobRun) work(parent context.Context, settle bool) error {
 				cancel(res.err)
 			}
 		case <-tick.C:
+		case <-changed:
 		case <-ctx.Done():
 		}
 	}
+}
+
+// workers is how many units a job's run may hold now: Options.Workers
+// (when set) within UnitWorkers.
+func (s *Service) workers() int {
+	if s.opts.Workers == nil {
+		return s.opts.UnitWorkers
+	}
+	return min(max(s.opts.Workers(), 0), s.opts.UnitWorkers)
+}
+
+// watchUnits subscribes to changes of the job's units made on other
+// replicas when the store announces them (UnitWatcher); otherwise the
+// channel is nil and runs poll alone.
+func (s *Service) watchUnits(jobID string) (<-chan struct{}, func()) {
+	if w, ok := s.leaser.(UnitWatcher); ok {
+		return w.WatchUnits(jobID)
+	}
+	return nil, func() {}
 }
 
 // runLeased runs one claimed unit: it keeps the lease renewed while the

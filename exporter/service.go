@@ -41,6 +41,12 @@ type Options struct {
 	// busy: with a remote file store or job store, each page's writes are
 	// round trips. The upstream client still bounds the requests in flight.
 	UnitWorkers int
+	// Workers, when set, is how many units this replica should run at
+	// once now (at most UnitWorkers; 0: claim none for now). Replicas
+	// sharing a cluster's upstream budget pass twice their current share
+	// of it, so that units go to replicas in proportion to the slots they
+	// can run them with instead of waiting on a replica with few slots.
+	Workers func() int
 	// UnitRetryBudget bounds the retries of all upstream requests of one
 	// work unit (default 50).
 	UnitRetryBudget int
@@ -520,6 +526,10 @@ func (s *Service) dispatch(ctx context.Context) {
 	lastSweep := time.Time{}
 	// Expired jobs go within a quarter of the retention, at most a minute.
 	sweepEvery := min(time.Minute, max(s.opts.Retention/4, s.opts.PollInterval))
+	// Units planned on another replica (a job started there) wake the
+	// dispatcher to help at once.
+	planned, unwatch := s.watchUnits("")
+	defer unwatch()
 	for {
 		s.startQueued(ctx)
 		s.takePart(ctx)
@@ -538,6 +548,7 @@ func (s *Service) dispatch(ctx context.Context) {
 			return
 		case <-s.wake:
 		case <-tick.C:
+		case <-planned:
 		}
 	}
 }
@@ -754,6 +765,8 @@ func (s *Service) help(ctx context.Context, j *Job) {
 		return
 	}
 	log.Info().Str("driver", j.WorkerID).Msg("running units of a job another replica drives")
+	changed, unwatch := s.watchUnits(j.ID)
+	defer unwatch()
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -761,6 +774,7 @@ func (s *Service) help(ctx context.Context, j *Job) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-changed:
 		}
 		if err := r.work(ctx, false); err != nil {
 			if ctx.Err() == nil && !errors.Is(err, errShutdown) {

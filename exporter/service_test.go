@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -216,5 +218,80 @@ func TestExpiredJobsAreRemovedButDownloadsFinish(t *testing.T) {
 	}
 	if _, _, _, err := svc.OpenFile(context.Background(), f.ID); exporter.ErrorKind(err) != exporter.ENOTFOUND {
 		t.Fatalf("file of an expired job: %v", err)
+	}
+}
+
+// TestWorkersBoundUnits: Options.Workers bounds the units a run holds at
+// once below UnitWorkers. A unit fetches its pages one after another, so
+// with one worker the upstream never serves two unit searches at once
+// (counts, which planning sends, are left out of the count), and the
+// export is still complete.
+func TestWorkersBoundUnits(t *testing.T) {
+	sim := fhirtest.New(fhirtest.Options{Patients: 30, Seed: 3, Latency: 5 * time.Millisecond})
+	var inUnits, peak atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("_summary") != "count" && strings.Count(strings.Trim(r.URL.Path, "/"), "/") == 1 {
+			n := inUnits.Add(1)
+			defer inUnits.Add(-1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+		}
+		sim.Handler().ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	up, err := upstream.New(upstream.Options{BaseURL: srv.URL + "/fhir", Concurrency: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := blobs.NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(t.TempDir(), "jobs.db"), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var asked atomic.Int64
+	svc, err := exporter.New(exporter.Options{
+		Store: st, Blobs: dir, Logger: zerolog.Nop(), BatchSize: 5, PageSize: 20, PollInterval: 20 * time.Millisecond,
+		UnitConcurrency: 8, UnitWorkers: 8,
+		Workers:     func() int { asked.Add(1); return 1 },
+		UpstreamFor: func(map[string]string) (exporter.Upstream, error) { return up, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop(context.Background())
+	types := []string{"Observation", "Condition", "Encounter"}
+	j, err := svc.Submit(context.Background(), exporter.Request{Level: exporter.LevelGroup, GroupID: "all", Types: types,
+		ExplicitTypes: true, BaseURL: "http://proxy/fhir", RequestURL: "http://proxy/fhir/Group/all/$export"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := waitTerminal(t, svc, j.ID)
+	if done.State != exporter.StateCompleted {
+		t.Fatalf("job: %s %q", done.State, done.Message)
+	}
+	if asked.Load() == 0 {
+		t.Fatal("Workers was never asked")
+	}
+	if p := peak.Load(); p != 1 {
+		t.Fatalf("%d unit searches in flight at once with one worker, want 1", p)
+	}
+	var got int64
+	for _, f := range done.Files {
+		got += f.Count
+	}
+	want := sim.Expected(fhirtest.Query{GroupID: "all", Types: types, Until: done.TransactionTime})
+	var n int64
+	for _, byID := range want {
+		n += int64(len(byID))
+	}
+	if got != n {
+		t.Fatalf("exported %d resources, the upstream holds %d", got, n)
 	}
 }

@@ -80,10 +80,15 @@ func (s *Store) RenewLease(ctx context.Context, l exporter.Lease, ttl time.Durat
 }
 
 // ReleaseLease clears a lease whose token is still the unit's (the token
-// stays, so the next claim gets a greater one).
+// stays, so the next claim gets a greater one) and, when it did, notifies
+// the replicas watching the job's units (WatchUnits): the unit finished or
+// is free to claim.
 func (s *Store) ReleaseLease(ctx context.Context, l exporter.Lease) error {
-	_, err := s.pool.Exec(ctx, `UPDATE units SET lease_owner = NULL, lease_expires = NULL
-		WHERE job_id = $1 AND id = $2 AND lease_token = $3 AND lease_owner = $4`, l.JobID, l.UnitID, l.Token, l.Owner)
+	_, err := s.pool.Exec(ctx, `WITH r AS (
+			UPDATE units SET lease_owner = NULL, lease_expires = NULL
+			WHERE job_id = $1 AND id = $2 AND lease_token = $3 AND lease_owner = $4
+			RETURNING job_id)
+		SELECT pg_notify('`+unitsChannel+`', 'r:' || job_id) FROM r`, l.JobID, l.UnitID, l.Token, l.Owner)
 	return err
 }
 
@@ -133,6 +138,11 @@ func (s *Store) PutUnitsDriven(ctx context.Context, jobID, owner string, token i
 		_, err = tx.Exec(ctx, `INSERT INTO units (job_id, id, doc)
 			SELECT $1, u.id, u.doc::json FROM unnest($2::int[], $3::text[]) AS u(id, doc)
 			ON CONFLICT (job_id, id) DO UPDATE SET doc = excluded.doc`, jobID, ids, docs)
+		if err != nil {
+			return err
+		}
+		// Helpers waiting for work hear of it at commit.
+		_, err = tx.Exec(ctx, `SELECT pg_notify('`+unitsChannel+`', 'p:' || $1)`, jobID)
 		return err
 	})
 }

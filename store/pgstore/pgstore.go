@@ -36,8 +36,9 @@ import (
 // Store is an exporter.Store and cohort.Store on PostgreSQL. It is safe for
 // concurrent use, also by several processes on one database.
 type Store struct {
-	pool *pgxpool.Pool
-	now  func() time.Time
+	pool  *pgxpool.Pool
+	now   func() time.Time
+	watch watchers
 }
 
 var (
@@ -104,6 +105,7 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // Close closes the pool. It is safe to call more than once.
 func (s *Store) Close() error {
+	s.watch.stop()
 	s.pool.Close()
 	return nil
 }

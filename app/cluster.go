@@ -128,7 +128,11 @@ func newCluster(st *pgstore.Store, cfg config.Config, log zerolog.Logger, s clus
 		Budget: clusterBudget(cfg),
 		RPS:    float64(cfg.Export.MaxRPS),
 		Bound:  b.bound(),
-		Logger: log,
+		// Slots go to the replicas that have requests to send: one
+		// export's serial steps (planning, the last units) run on one
+		// replica with the whole budget instead of its fair share.
+		OnDemand: true,
+		Logger:   log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)

@@ -56,6 +56,67 @@ type Bound interface {
 	InFlight() int
 }
 
+// DemandBound is a Bound that reports its demand: the slots held plus the
+// acquisitions waiting for one (Options.OnDemand).
+type DemandBound interface {
+	Demand() int
+}
+
+// watchDemand runs the beats that on-demand sharing needs sooner than the
+// next periodic one, until ctx ends:
+//
+//   - when the replica starts or stops wanting slots (a request in flight
+//     or waiting, now or within IdleAfter);
+//   - when its row holds more slots than its grant and its requests in
+//     flight have fallen to the grant (the rest can be given back);
+//   - when another replica's beat may have changed the shares (a
+//     notification), while this one wants slots or holds some.
+//
+// The checks are in memory, every few milliseconds.
+func (c *Cluster) watchDemand(ctx context.Context) {
+	changed, stop := c.st.WatchBudget()
+	defer stop()
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		notified := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-changed:
+			notified = true
+		}
+		want := c.wantsSlots()
+		inflight := c.bound.InFlight()
+		c.mu.Lock()
+		busy, granted, held := c.busy, c.granted, c.held
+		c.mu.Unlock()
+		if want != busy || (held > granted && inflight <= granted) || (notified && (want || held > 0)) {
+			select {
+			case c.kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// wantsSlots reports whether the replica wants upstream slots now: always
+// without OnDemand, else while its Bound has demand and for IdleAfter
+// after.
+func (c *Cluster) wantsSlots() bool {
+	if !c.onDemand {
+		return true
+	}
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.demand.Demand() > 0 {
+		c.lastDemand = now
+	}
+	return !c.lastDemand.IsZero() && now.Sub(c.lastDemand) < c.idleAfter
+}
+
 // grant is the outcome of one beat's arithmetic.
 type grant struct {
 	n     int // live replicas, this one included
@@ -64,21 +125,30 @@ type grant struct {
 }
 
 // decide computes the grant of id from the rows as they were before its
-// beat (self nil: a new replica).
-func decide(budget int, id string, self *pgstore.Replica, others []pgstore.Replica) grant {
+// beat (self nil: a new replica). The budget is shared among the live
+// replicas that want slots (busy; every replica when shares are not on
+// demand, as their rows then say): a replica that wants none gets none.
+func decide(budget int, id string, busy bool, self *pgstore.Replica, others []pgstore.Replica) grant {
 	alive := []string{id}
+	var wanting []string
+	if busy {
+		wanting = append(wanting, id)
+	}
 	taken := 0
 	for _, o := range others {
 		if o.Alive {
 			alive = append(alive, o.ID)
 			taken += o.Slots
+			if o.Busy {
+				wanting = append(wanting, o.ID)
+			}
 		}
 	}
 	g := grant{n: len(alive)}
-	if budget <= 0 {
+	if budget <= 0 || !busy {
 		return g
 	}
-	g.share = fairShare(budget, alive, id)
+	g.share = fairShare(budget, wanting, id)
 	// Own slots are counted neither way: those of a live row are within
 	// C − taken already, those of an expired row may have been taken.
 	g.cap = min(g.share, max(budget-taken, 0))
@@ -103,10 +173,12 @@ func (c *Cluster) beat(ctx context.Context) error {
 	c.beatMu.Lock()
 	defer c.beatMu.Unlock()
 	start := time.Now()
+	busy := c.wantsSlots()
 	var g grant
-	err := c.rep.Beat(ctx, pgstore.Heartbeat{ID: c.id, TTL: c.ttl, Info: c.info},
+	held := 0
+	err := c.rep.Beat(ctx, pgstore.Heartbeat{ID: c.id, TTL: c.ttl, Info: c.info, Busy: busy},
 		func(self *pgstore.Replica, others []pgstore.Replica) int {
-			g = decide(c.budget, c.id, self, others)
+			g = decide(c.budget, c.id, busy, self, others)
 			if c.bound == nil || c.budget <= 0 {
 				return 0
 			}
@@ -117,7 +189,8 @@ func (c *Cluster) beat(ctx context.Context) error {
 				c.applyLocked(g.n)
 			}
 			c.mu.Unlock()
-			return max(g.cap, c.bound.InFlight())
+			held = max(g.cap, c.bound.InFlight())
+			return held
 		})
 	if err != nil {
 		c.failures.Add(1)
@@ -129,7 +202,7 @@ func (c *Cluster) beat(ctx context.Context) error {
 		c.log.Debug().Int("replicas", g.n).Int("share", g.share).Int("from", c.granted).Int("to", g.cap).
 			Msg("cluster: upstream budget share changed")
 	}
-	c.granted, c.share, c.replicas = g.cap, g.share, g.n
+	c.granted, c.share, c.replicas, c.busy, c.held = g.cap, g.share, g.n, busy, held
 	c.until = start.Add(c.fence)
 	c.applyLocked(g.n)
 	return nil

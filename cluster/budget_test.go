@@ -28,8 +28,9 @@ func TestFairShare(t *testing.T) {
 
 func TestDecide(t *testing.T) {
 	row := func(id string, slots int, alive bool) pgstore.Replica {
-		return pgstore.Replica{ID: id, Slots: slots, Alive: alive}
+		return pgstore.Replica{ID: id, Slots: slots, Alive: alive, Busy: true}
 	}
+	idle := func(r pgstore.Replica) pgstore.Replica { r.Busy = false; return r }
 	for _, c := range []struct {
 		name   string
 		self   *pgstore.Replica
@@ -46,11 +47,28 @@ func TestDecide(t *testing.T) {
 		{"own expired row was taken", ptr(row("b", 2, false)), []pgstore.Replica{row("a", 5, true)}, grant{n: 2, share: 2, cap: 0}},
 		{"overcommitted by others", ptr(row("b", 2, true)), []pgstore.Replica{row("a", 4, true)}, grant{n: 2, share: 2, cap: 1}},
 	} {
-		if got := decide(5, "b", c.self, c.others); got != c.want {
+		if got := decide(5, "b", true, c.self, c.others); got != c.want {
 			t.Errorf("%s: %+v, want %+v", c.name, got, c.want)
 		}
 	}
-	if got := decide(0, "b", nil, []pgstore.Replica{{ID: "a", Alive: true}}); got != (grant{n: 2}) {
+	// On demand: the budget goes to the replicas that want slots.
+	for _, c := range []struct {
+		name   string
+		busy   bool
+		others []pgstore.Replica
+		want   grant
+	}{
+		{"idle gets nothing", false, []pgstore.Replica{row("a", 0, true)}, grant{n: 2}},
+		{"busy beside idle ones gets all", true, []pgstore.Replica{idle(row("a", 0, true)), idle(row("c", 0, true))}, grant{n: 3, share: 5, cap: 5}},
+		{"busy beside an idle one still holding slots", true, []pgstore.Replica{idle(row("a", 2, true))}, grant{n: 2, share: 5, cap: 3}},
+		{"two busy share", true, []pgstore.Replica{row("a", 2, true), idle(row("c", 0, true))}, grant{n: 3, share: 2, cap: 2}},
+		{"busy, the others hold it all", true, []pgstore.Replica{row("a", 5, true)}, grant{n: 2, share: 2, cap: 0}},
+	} {
+		if got := decide(5, "b", c.busy, nil, c.others); got != c.want {
+			t.Errorf("on demand, %s: %+v, want %+v", c.name, got, c.want)
+		}
+	}
+	if got := decide(0, "b", true, nil, []pgstore.Replica{{ID: "a", Alive: true}}); got != (grant{n: 2}) {
 		t.Errorf("no budget: %+v", got)
 	}
 }
@@ -377,4 +395,82 @@ func TestBudgetHeldSlots(t *testing.T) {
 	waitFor(t, "a and b to settle", settled(budget, a, b))
 	la.Release()
 	la.Release()
+}
+
+// holder acquires slots of a bound and holds them until told.
+type holder struct {
+	release chan struct{}
+	wg      sync.WaitGroup
+}
+
+// hold starts n acquisitions on l; each keeps its slot until release.
+func hold(l *upstream.Limit, n int) *holder {
+	h := &holder{release: make(chan struct{})}
+	for range n {
+		h.wg.Go(func() {
+			if err := l.Acquire(context.Background()); err != nil {
+				return
+			}
+			<-h.release
+			l.Release()
+		})
+	}
+	return h
+}
+
+// letGo releases k held slots (all of them when k < 0) and, for all,
+// waits until the acquisitions ended.
+func (h *holder) letGo(k int) {
+	if k < 0 {
+		close(h.release)
+		h.wg.Wait()
+		return
+	}
+	for range k {
+		h.release <- struct{}{}
+	}
+}
+
+// TestBudgetOnDemand checks that, with OnDemand, idle replicas hold no
+// slot, a replica whose requests wait gets its share from the busy ones
+// (they lower their caps and give the slots back as their requests end),
+// and the whole budget goes to the last busy replica, all through the
+// beats that demand and notifications trigger: the TTL is so long that no
+// periodic beat runs during the test. The caps never sum to more than
+// the budget.
+func TestBudgetOnDemand(t *testing.T) {
+	const budget = 4
+	st := openStore(t, pgtest.URL(t))
+	rec := newRecorder(budget)
+	o := func(id string) Options {
+		return Options{ID: id, TTL: 10 * time.Minute, Budget: budget, Bound: rec.bound(id), OnDemand: true, IdleAfter: 50 * time.Millisecond}
+	}
+	a, b, c := start(t, st, o("a"), nil), start(t, st, o("b"), nil), start(t, st, o("c"), nil)
+	la, lb := rec.bounds["a"], rec.bounds["b"]
+	if a.Cap()+b.Cap()+c.Cap() != 0 {
+		t.Fatalf("idle replicas hold slots: %d %d %d", a.Cap(), b.Cap(), c.Cap())
+	}
+
+	ha := hold(la, budget)
+	waitFor(t, "a, alone busy, to get the whole budget", func() bool { return la.InFlight() == budget })
+
+	hb := hold(lb, budget)
+	waitFor(t, "a to lower its cap to its share", func() bool { return a.Cap() == budget/2 })
+	if lb.InFlight() != 0 {
+		t.Fatalf("b runs %d requests while a holds the whole budget", lb.InFlight())
+	}
+	ha.letGo(budget / 2)
+	waitFor(t, "b to get the slots a gave back", func() bool { return lb.InFlight() == budget/2 })
+	if c.Cap() != 0 {
+		t.Fatalf("idle c has cap %d", c.Cap())
+	}
+
+	ha.letGo(-1)
+	waitFor(t, "b, alone busy again, to get the whole budget", func() bool { return lb.InFlight() == budget })
+	hb.letGo(-1)
+	waitFor(t, "every replica idle with no slot", func() bool { return a.Cap()+b.Cap()+c.Cap() == 0 })
+	rec.check(t)
+	if rec.peak != budget {
+		t.Fatalf("the caps peaked at %d, want %d", rec.peak, budget)
+	}
 }

@@ -56,6 +56,19 @@ type Options struct {
 	// Clients): the Cluster sets its cap to the replica's share of Budget
 	// and its rate to the share of RPS. nil: membership only.
 	Bound Bound
+	// OnDemand divides Budget among the live replicas that want slots (a
+	// request in flight or waiting in the Bound, now or within IdleAfter)
+	// instead of among all of them: an idle replica holds no slot, and one
+	// whose requests wait gets its share within a few milliseconds (its
+	// heartbeat runs as its demand changes, and the others' beats follow
+	// on the database's notification). The Bound must report its demand
+	// (DemandBound). Without OnDemand, shares are fixed by the number of
+	// live replicas.
+	OnDemand bool
+	// IdleAfter is how long a replica wants its slots after its last
+	// request (default 300ms), so that the gaps between pages and units do
+	// not give them away.
+	IdleAfter time.Duration
 	// Conns is the size of the Cluster's own connection pool, for
 	// heartbeats and locks (default pgstore.DefaultReplicaConns).
 	Conns int32
@@ -78,19 +91,28 @@ type Cluster struct {
 	log    zerolog.Logger
 	info   json.RawMessage
 	rep    *pgstore.Replicas
+	st     *pgstore.Store
+
+	onDemand  bool
+	demand    DemandBound
+	idleAfter time.Duration
+	kick      chan struct{} // a beat is due now (buffered, coalesced)
 
 	beatMu sync.Mutex // one beat at a time
 
-	mu       sync.Mutex
-	granted  int       // the cap granted by the last beat (budget > 0)
-	until    time.Time // the local end of that grant
-	share    int       // the fair share at the last beat
-	replicas int       // replicas alive at the last beat
-	alive    map[string]bool
-	aliveAt  time.Time
-	cancel   context.CancelFunc
-	done     chan struct{}
-	stopped  bool
+	mu         sync.Mutex
+	busy       bool      // whether the last beat wanted slots
+	held       int       // the slots the last beat wrote in the row
+	lastDemand time.Time // when the Bound last had demand (OnDemand)
+	granted    int       // the cap granted by the last beat (budget > 0)
+	until      time.Time // the local end of that grant
+	share      int       // the fair share at the last beat
+	replicas   int       // replicas alive at the last beat
+	alive      map[string]bool
+	aliveAt    time.Time
+	cancel     context.CancelFunc
+	done       chan struct{}
+	stopped    bool
 
 	failures atomic.Int64
 
@@ -126,6 +148,17 @@ func New(st *pgstore.Store, o Options) (*Cluster, error) {
 	if (o.Budget > 0 || o.RPS > 0) && o.Bound == nil {
 		return nil, errors.New("cluster: a Budget or RPS needs the replica's Bound")
 	}
+	var demand DemandBound
+	if o.OnDemand {
+		d, ok := o.Bound.(DemandBound)
+		if !ok {
+			return nil, errors.New("cluster: OnDemand needs a Bound that reports its demand")
+		}
+		demand = d
+	}
+	if o.IdleAfter <= 0 {
+		o.IdleAfter = 300 * time.Millisecond
+	}
 	host, _ := os.Hostname()
 	info, err := json.Marshal(map[string]any{"host": host, "pid": os.Getpid()})
 	if err != nil {
@@ -139,7 +172,9 @@ func New(st *pgstore.Store, o Options) (*Cluster, error) {
 		id: o.ID, ttl: o.TTL, every: o.HeartbeatEvery, fence: o.TTL - o.TTL/4,
 		budget: o.Budget, rps: o.RPS, bound: o.Bound,
 		log:  o.Logger.With().Str("replica", o.ID).Logger(),
-		info: info, rep: rep,
+		info: info, rep: rep, st: st,
+		onDemand: o.OnDemand, demand: demand, idleAfter: o.IdleAfter,
+		kick: make(chan struct{}, 1),
 	}
 	if c.bound != nil {
 		c.bound.SetCap(0, time.Time{}) // until the first grant
@@ -190,16 +225,27 @@ func (c *Cluster) Start(ctx context.Context) error {
 	return nil
 }
 
-// run beats until ctx ends.
+// run beats until ctx ends: every HeartbeatEvery and, on demand, when a
+// beat is due sooner (kick).
 func (c *Cluster) run(ctx context.Context) {
 	t := time.NewTicker(c.every)
 	defer t.Stop()
+	if c.onDemand {
+		wctx, cancel := context.WithCancel(ctx)
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			c.watchDemand(wctx)
+		}()
+		defer func() { cancel(); <-watched }()
+	}
 	failing := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-c.kick:
 		}
 		if c.beforeBeat != nil {
 			c.beforeBeat(ctx)

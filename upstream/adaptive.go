@@ -107,6 +107,7 @@ type Adaptive struct {
 	rl                *rate.Limiter // nil: no rate limit
 	cap               runCap        // SetCap's; the zero value caps nothing
 	urgent            int           // AcquireUrgent calls waiting
+	waiting           int           // Acquire and AcquireUrgent calls not yet served
 	limit             float64
 	inflight          int
 	peak              int           // most in flight since the limit last changed
@@ -222,6 +223,13 @@ func (a *Adaptive) InFlight() int {
 	return a.inflight
 }
 
+// Demand returns the slots held plus the acquisitions waiting for one.
+func (a *Adaptive) Demand() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inflight + a.waiting
+}
+
 // Max returns the hard cap.
 func (a *Adaptive) Max() int { return a.max }
 
@@ -246,6 +254,14 @@ func (a *Adaptive) Acquire(ctx context.Context) error { return a.acquire(ctx, fa
 func (a *Adaptive) AcquireUrgent(ctx context.Context) error { return a.acquire(ctx, true) }
 
 func (a *Adaptive) acquire(ctx context.Context, urgent bool) error {
+	a.mu.Lock()
+	a.waiting++
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.waiting--
+		a.mu.Unlock()
+	}()
 	if urgent {
 		a.mu.Lock()
 		a.urgent++

@@ -94,6 +94,7 @@ type Limit struct {
 	mu       sync.Mutex
 	cap      runCap
 	inflight int
+	waiting  int           // Acquire and AcquireUrgent calls not yet served
 	urgent   int           // AcquireUrgent calls waiting
 	changed  chan struct{} // closed and replaced when a slot may be free
 	rl       *rate.Limiter // nil: no rate limit
@@ -126,6 +127,14 @@ func (l *Limit) InFlight() int {
 	return l.inflight
 }
 
+// Demand returns the slots held plus the acquisitions waiting for one:
+// what the Limit would use now without a cap.
+func (l *Limit) Demand() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.inflight + l.waiting
+}
+
 // SetCap grants at most n slots (n < 0: Max) until the deadline until
 // (zero: no deadline), after which it grants none until the next SetCap.
 // Slots held above a lowered cap stay held until released.
@@ -152,6 +161,14 @@ func (l *Limit) Acquire(ctx context.Context) error { return l.acquire(ctx, false
 func (l *Limit) AcquireUrgent(ctx context.Context) error { return l.acquire(ctx, true) }
 
 func (l *Limit) acquire(ctx context.Context, urgent bool) error {
+	l.mu.Lock()
+	l.waiting++
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.waiting--
+		l.mu.Unlock()
+	}()
 	if urgent {
 		l.mu.Lock()
 		l.urgent++

@@ -415,3 +415,49 @@ func TestUrgentInsideClusterCap(t *testing.T) {
 		})
 	}
 }
+
+// TestDemand: Demand counts the slots held and the acquisitions waiting,
+// on both bounds, so that a cluster replica whose requests wait under a
+// cap of 0 asks for a share.
+func TestDemand(t *testing.T) {
+	ad, err := NewAdaptive(AdaptiveOptions{Max: 4, Initial: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewLimit(4)
+	for name, b := range map[string]interface {
+		SetCap(int, time.Time)
+		Acquire(context.Context) error
+		Demand() int
+	}{"Limit": l, "Adaptive": ad} {
+		release := func() {
+			if name == "Limit" {
+				l.Release()
+			} else {
+				ad.Release(Outcome{})
+			}
+		}
+		b.SetCap(0, time.Time{})
+		if d := b.Demand(); d != 0 {
+			t.Fatalf("%s: idle demand %d", name, d)
+		}
+		got := make(chan error, 2)
+		for range 2 {
+			go func() { got <- b.Acquire(context.Background()) }()
+		}
+		waitFor(t, name+": two waiting under cap 0", func() bool { return b.Demand() == 2 })
+		b.SetCap(1, time.Time{})
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+		if d := b.Demand(); d != 2 {
+			t.Fatalf("%s: one held and one waiting, demand %d", name, d)
+		}
+		release()
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+		release()
+		waitFor(t, name+": no demand", func() bool { return b.Demand() == 0 })
+	}
+}

@@ -31,6 +31,9 @@ type Replica struct {
 	Slots int
 	// Info is what the replica says about itself (host, pid), or nil.
 	Info json.RawMessage
+	// Busy reports whether the replica wanted upstream slots at its last
+	// heartbeat (true for replicas that do not say).
+	Busy bool
 	// Alive reports whether HeartbeatAt + TTL was ahead of the database's
 	// clock when the row was read.
 	Alive bool
@@ -42,6 +45,8 @@ type Heartbeat struct {
 	TTL time.Duration
 	// Info is stored as is (valid JSON, or nil).
 	Info json.RawMessage
+	// Busy says whether the replica wants upstream slots now.
+	Busy bool
 }
 
 // Replicas is the replicas table and the cluster-wide advisory locks of the
@@ -86,7 +91,7 @@ func (r *Replicas) Close() { r.pool.Close() }
 const aliveSQL = `heartbeat_at + ttl > clock_timestamp()`
 
 // replicaCols are the columns scanned by scanReplica.
-const replicaCols = `id, started_at, heartbeat_at, (extract(epoch FROM ttl) * 1000000)::bigint, slots, info, ` + aliveSQL
+const replicaCols = `id, started_at, heartbeat_at, (extract(epoch FROM ttl) * 1000000)::bigint, slots, info, busy, ` + aliveSQL
 
 func scanReplica(row pgx.Row) (Replica, error) {
 	var (
@@ -94,7 +99,7 @@ func scanReplica(row pgx.Row) (Replica, error) {
 		ttl  int64
 		info []byte
 	)
-	if err := row.Scan(&rp.ID, &rp.StartedAt, &rp.HeartbeatAt, &ttl, &rp.Slots, &info, &rp.Alive); err != nil {
+	if err := row.Scan(&rp.ID, &rp.StartedAt, &rp.HeartbeatAt, &ttl, &rp.Slots, &info, &rp.Busy, &rp.Alive); err != nil {
 		return Replica{}, err
 	}
 	rp.TTL = time.Duration(ttl) * time.Microsecond
@@ -134,7 +139,9 @@ var budgetLock = lockKey("replicas/budget")
 // (nil when new) and the others' rows, and upserts the row with
 // heartbeat_at now on the database's clock and the slots plan returned
 // (plan nil: 0). plan runs inside the transaction: it must not block. When
-// Beat fails, whatever plan returned was not recorded.
+// Beat fails, whatever plan returned was not recorded. A beat that may let
+// others take more slots (a new row, a change of Busy, fewer slots than
+// before) notifies them at commit (Store.WatchBudget).
 func (r *Replicas) Beat(ctx context.Context, h Heartbeat, plan func(self *Replica, others []Replica) (slots int)) error {
 	if h.ID == "" || h.TTL <= 0 {
 		return errors.New("pgstore: a heartbeat needs an id and a positive TTL")
@@ -172,11 +179,15 @@ func (r *Replicas) Beat(ctx context.Context, h Heartbeat, plan func(self *Replic
 		if h.Info != nil {
 			info = string(h.Info)
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO replicas (id, started_at, heartbeat_at, ttl, slots, info)
-			VALUES ($1, clock_timestamp(), clock_timestamp(), $2 * interval '1 microsecond', $3, $4::json)
+		_, err = tx.Exec(ctx, `INSERT INTO replicas (id, started_at, heartbeat_at, ttl, slots, info, busy)
+			VALUES ($1, clock_timestamp(), clock_timestamp(), $2 * interval '1 microsecond', $3, $4::json, $5)
 			ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp(), ttl = EXCLUDED.ttl,
-				slots = EXCLUDED.slots, info = EXCLUDED.info`,
-			h.ID, h.TTL.Microseconds(), slots, info)
+				slots = EXCLUDED.slots, info = EXCLUDED.info, busy = EXCLUDED.busy`,
+			h.ID, h.TTL.Microseconds(), slots, info, h.Busy)
+		if err != nil || (self != nil && self.Busy == h.Busy && slots >= self.Slots) {
+			return err
+		}
+		_, err = tx.Exec(ctx, `SELECT pg_notify('`+unitsChannel+`', 'b:' || $1::text)`, h.ID)
 		return err
 	})
 }

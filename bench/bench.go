@@ -72,9 +72,22 @@ type Options struct {
 	LoadPatients     int
 	LoadPassRequests int
 	SkipLoad         bool
+	// ScalePatients is the population of the scale-out workload's Group
+	// export (default 300; quick 60), ScaleLatency its upstream latency
+	// per request (default 100ms: upstream-latency bound), ScaleRounds the
+	// runs of each set-up whose medians are compared (default 3; quick 1)
+	// and ScaleLeaseTTL the replicas' store.lease_ttl (default 15s, the
+	// product's default; quick 3s). It uses UpstreamConcurrency as the
+	// cluster budget C. SkipScaleOut leaves it out.
+	ScalePatients int
+	ScaleLatency  time.Duration
+	ScaleRounds   int
+	ScaleLeaseTTL time.Duration
+	SkipScaleOut  bool
+
 	// Only, when not empty, runs just that workload: "export" (with the
 	// request efficiency and downloads figures), "real-servers",
-	// "pass-through", "load" or "memory".
+	// "pass-through", "load", "scale-out" or "memory".
 	Only string
 
 	// Progress receives one line per step (nil: none).
@@ -118,6 +131,21 @@ func (o Options) withDefaults() Options {
 	if o.LoadPassRequests <= 0 {
 		o.LoadPassRequests = pick(o.Quick, 300, 20000)
 	}
+	if o.ScalePatients <= 0 {
+		o.ScalePatients = pick(o.Quick, 60, 300)
+	}
+	if o.ScaleLatency <= 0 {
+		o.ScaleLatency = 100 * time.Millisecond
+	}
+	if o.ScaleRounds <= 0 {
+		o.ScaleRounds = pick(o.Quick, 1, 3)
+	}
+	if o.ScaleLeaseTTL <= 0 {
+		o.ScaleLeaseTTL = 15 * time.Second
+		if o.Quick {
+			o.ScaleLeaseTTL = 3 * time.Second
+		}
+	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
@@ -134,7 +162,7 @@ func pick(quick bool, q, full int) int {
 // Figure is one reported number with its baseline and goal.
 type Figure struct {
 	// Workload groups figures: "request efficiency", "export speed", "real servers",
-	// "pass-through", "load", "memory", "downloads".
+	// "pass-through", "load", "scale-out", "memory", "downloads".
 	Workload string `json:"workload"`
 	// Name says what was measured.
 	Name string `json:"name"`
@@ -182,6 +210,10 @@ type ReportOptions struct {
 	LoadExports         int    `json:"load_exports"`
 	LoadPatients        int    `json:"load_patients"`
 	LoadPassRequests    int    `json:"load_pass_requests"`
+	ScalePatients       int    `json:"scale_patients"`
+	ScaleLatency        string `json:"scale_latency"`
+	ScaleRounds         int    `json:"scale_rounds"`
+	ScaleLeaseTTL       string `json:"scale_lease_ttl"`
 }
 
 func (r *Report) add(f Figure) { r.Figures = append(r.Figures, f) }
@@ -202,15 +234,17 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			UpstreamConcurrency: o.UpstreamConcurrency, PassRequests: o.PassRequests, PassConns: o.PassConns,
 			MemoryPatients: o.MemoryPatients, FilterPatients: o.FilterPatients,
 			LoadExports: o.LoadExports, LoadPatients: o.LoadPatients, LoadPassRequests: o.LoadPassRequests,
+			ScalePatients: o.ScalePatients, ScaleLatency: o.ScaleLatency.String(), ScaleRounds: o.ScaleRounds,
+			ScaleLeaseTTL: o.ScaleLeaseTTL.String(),
 		},
 		Started: time.Now().UTC(),
 	}
 	rep.note("the machine is shared with other work: figures are noisy; the load generator, the proxy and the synthetic upstream share its %d CPUs", rep.Machine.CPUs)
 
 	switch o.Only {
-	case "", "export", "real-servers", "pass-through", "load", "memory":
+	case "", "export", "real-servers", "pass-through", "load", "scale-out", "memory":
 	default:
-		return nil, fmt.Errorf("unknown workload %q (export, real-servers, pass-through, load or memory)", o.Only)
+		return nil, fmt.Errorf("unknown workload %q (export, real-servers, pass-through, load, scale-out or memory)", o.Only)
 	}
 	runs := func(name string) bool { return o.Only == "" || o.Only == name }
 	if runs("export") {
@@ -238,6 +272,15 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	default:
 		if err := runLoadExports(ctx, o, rep); err != nil {
 			return nil, fmt.Errorf("load workload: %w", err)
+		}
+	}
+	switch {
+	case !runs("scale-out"):
+	case o.SkipScaleOut:
+		rep.note("scale-out workload skipped")
+	default:
+		if err := runScaleOut(ctx, o, rep); err != nil {
+			return nil, fmt.Errorf("scale-out workload: %w", err)
 		}
 	}
 	switch {

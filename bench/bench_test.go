@@ -138,6 +138,7 @@ func TestRunSmall(t *testing.T) {
 		Quick: true, Patients: 20, Latency: time.Millisecond, PassRequests: 200, PassConns: 4,
 		MemoryPatients: [2]int{5, 10}, NginxPath: "none",
 		LoadExports: 3, LoadPatients: 30, LoadPassRequests: 100,
+		ScalePatients: 20, ScaleLatency: 5 * time.Millisecond,
 	}
 	if testing.Short() {
 		o.SkipMemory = true
@@ -181,6 +182,25 @@ func TestRunSmall(t *testing.T) {
 	}
 	if f := byName["status polls per export"]; f.Value < 1 {
 		t.Errorf("load workload polls %+v", f)
+	}
+	// Scale-out (PostgreSQL and versitygw; skipped without them unless
+	// required): every export was exact (else Run fails), and no set-up
+	// put more upstream requests in flight than the budget.
+	scaled := 0
+	for _, f := range rep.Figures {
+		if f.Workload != "scale-out" {
+			continue
+		}
+		scaled++
+		if strings.Contains(f.Name, "in flight") && (f.Met == nil || !*f.Met || f.Value < 1) {
+			t.Errorf("scale-out: %+v", f)
+		}
+	}
+	if scaled == 0 && (os.Getenv("FBP_REQUIRE_POSTGRES") == "1" || os.Getenv("FBP_REQUIRE_S3") == "1") {
+		t.Errorf("no scale-out figures: %v", rep.Notes)
+	}
+	if scaled != 0 && scaled != 5 {
+		t.Errorf("%d scale-out figures, want 5", scaled)
 	}
 	if !o.SkipMemory {
 		if f := byName["peak RSS larger / smaller export"]; f.Value <= 0 {

@@ -147,6 +147,11 @@ func systemExport(ctx context.Context, so fhirtest.Options, concurrency int) (fh
 // downloadIDs fetches every output file of m and returns the ids per type;
 // a resource exported twice is an error.
 func downloadIDs(ctx context.Context, m *bulkclient.Manifest) (map[string]map[string]bool, error) {
+	return downloadIDsWith(ctx, http.DefaultClient, m)
+}
+
+// downloadIDsWith is downloadIDs with the files fetched by hc.
+func downloadIDsWith(ctx context.Context, hc *http.Client, m *bulkclient.Manifest) (map[string]map[string]bool, error) {
 	out := map[string]map[string]bool{}
 	for _, f := range m.Output {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL, nil)
@@ -154,7 +159,7 @@ func downloadIDs(ctx context.Context, m *bulkclient.Manifest) (map[string]map[st
 			return nil, err
 		}
 		req.Header.Set("Accept", "application/fhir+ndjson")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			return nil, err
 		}

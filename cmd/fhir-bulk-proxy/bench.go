@@ -30,7 +30,12 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.LoadPatients, "load-patients", 0, "upstream patients of the load workload (default 1000; --quick 60)")
 	fs.IntVar(&o.LoadPassRequests, "load-pass-requests", 0, "pass-through requests beside the load workload's exports (default 20000; --quick 300)")
 	fs.BoolVar(&o.SkipLoad, "skip-load", false, "leave out the load workload")
-	fs.StringVar(&o.Only, "only", "", "run just one workload: export, real-servers, pass-through, load or memory")
+	fs.IntVar(&o.ScalePatients, "scale-patients", 0, "patients in the scale-out workload's Group export (default 300; --quick 60)")
+	fs.DurationVar(&o.ScaleLatency, "scale-latency", 0, "synthetic upstream latency per request in the scale-out workload (default 100ms)")
+	fs.IntVar(&o.ScaleRounds, "scale-rounds", 0, "runs of each scale-out set-up, medians compared (default 3; --quick 1)")
+	fs.DurationVar(&o.ScaleLeaseTTL, "scale-lease-ttl", 0, "store.lease_ttl of the scale-out replicas (default 15s; --quick 3s)")
+	fs.BoolVar(&o.SkipScaleOut, "skip-scale-out", false, "leave out the scale-out workload (PostgreSQL and versitygw)")
+	fs.StringVar(&o.Only, "only", "", "run just one workload: export, real-servers, pass-through, load, scale-out or memory")
 	fs.StringVar(&o.ProxyBinary, "proxy-binary", "", "fhir-bulk-proxy binary for the memory workload (default: this executable)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,10 +11,13 @@ import (
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/config"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/internal/pgtest"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/store/pgstore"
+	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/upstream"
 )
 
 // TestNewCluster: the constructor App.New is to call gives two replicas on
-// one database the budget of one process between them, in both modes.
+// one database the budget of one process between them, in both modes: idle,
+// they hold no slot (the budget is shared on demand); with requests
+// waiting on both, the caps settle on the budget, each with a share.
 func TestNewCluster(t *testing.T) {
 	t.Parallel()
 	for _, adaptive := range []bool{false, true} {
@@ -32,6 +36,25 @@ func TestNewCluster(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = st.Close() })
 		var caps []func() int
+		busy, stop := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		// want keeps budget requests going through b: each acquires a
+		// slot, holds it a moment (a request) and starts again.
+		want := func(b clusterBound) {
+			acquire, release := func(ctx context.Context) error { return b.limit.Acquire(ctx) }, func() { b.limit.Release() }
+			if b.adaptive != nil {
+				acquire, release = b.adaptive.Acquire, func() { b.adaptive.Release(upstream.Outcome{}) }
+			}
+			for range budget {
+				wg.Go(func() {
+					for acquire(busy) == nil {
+						time.Sleep(5 * time.Millisecond)
+						release()
+					}
+				})
+			}
+		}
+		var bounds []clusterBound
 		total := func() int {
 			n := 0
 			for _, c := range caps {
@@ -56,13 +79,26 @@ func TestNewCluster(t *testing.T) {
 			}
 			t.Cleanup(func() { _ = c.Stop(context.Background()) })
 			caps = append(caps, c.Cap)
+			bounds = append(bounds, b)
+		}
+		if total() != 0 {
+			t.Fatalf("adaptive %v: idle replicas hold %d slots", adaptive, total())
+		}
+		for _, b := range bounds {
+			want(b)
 		}
 		deadline := time.Now().Add(time.Minute)
 		for total() != budget || caps[0]() == 0 || caps[1]() == 0 {
 			if time.Now().After(deadline) {
+				stop()
+				wg.Wait()
 				t.Fatalf("adaptive %v: caps never settled on the budget %d (now %d + %d)", adaptive, budget, caps[0](), caps[1]())
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		// The slots must be free before the clusters stop (Stop waits for
+		// them).
+		stop()
+		wg.Wait()
 	}
 }

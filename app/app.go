@@ -724,7 +724,7 @@ func (a *App) workersNow() func() int {
 	budget := clusterBudget(a.cfg)
 	return func() int {
 		n := a.UpstreamConcurrency()
-		if n >= budget {
+		if a.cluster.Cap() >= budget {
 			return perSlot * n
 		}
 		return max(n, 1)

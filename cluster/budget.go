@@ -27,6 +27,14 @@ package cluster
 //   - A new replica has cap 0 until its first grant.
 //   - The rate of a replica is RPS × grant / C, so the rates sum to at most
 //     RPS; without a Budget it is RPS / n.
+//   - With OnDemand (what the app uses), the fair share is computed among
+//     the live replicas whose rows say busy (requests in flight or waiting
+//     in the Bound now or within IdleAfter), and a replica that is not
+//     busy is granted nothing. Beats then also run as soon as a replica's
+//     demand changes, when it can give back slots it kept for requests in
+//     flight, and when another's beat may have changed the shares (that
+//     beat NOTIFYs at commit): the arithmetic and its guarantees are the
+//     same, only sooner.
 //
 // What no replica can prevent: a request already in flight when its
 // replica's lease runs out still runs while others use the slots (a

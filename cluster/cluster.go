@@ -241,11 +241,17 @@ func (c *Cluster) run(ctx context.Context) {
 	}
 	failing := false
 	for {
+		// While beats fail, only the periodic ones run: demand changes
+		// would otherwise retry (and log) as fast as they are checked.
+		kick := c.kick
+		if failing {
+			kick = nil
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-c.kick:
+		case <-kick:
 		}
 		if c.beforeBeat != nil {
 			c.beforeBeat(ctx)

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/bulkclient"
-	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/exporter"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/fhirtest"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/internal/pgtest"
 	"github.com/fhir-bulk-proxy/fhir-bulk-proxy/internal/s3test"
@@ -165,26 +164,10 @@ func killNine(t *testing.T, patients, minKills int, extraArgs, env []string) {
 		out, _ := os.ReadFile(logf.Name())
 		t.Fatalf("wait: %v\n%s", err, out)
 	}
-	ex, err := c.Collect(ctx, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tt, _ := time.Parse(time.RFC3339Nano, m.TransactionTime)
-	want := sim.Expected(fhirtest.Query{GroupID: "all", Types: exporter.CandidateTypes(exporter.LevelGroup), Until: tt})
-	problems := append(ex.Problems, bulkclient.Diff(want, ex.Resources, 20)...)
-	for _, pr := range problems {
-		t.Error(pr)
-	}
-	n := 0
-	for _, byID := range want {
-		n += len(byID)
-	}
+	n := checkExact(t, ctx, c, sim, m)
 	ps := sim.PageStats()
 	t.Logf("%d kills with SIGKILL; %d resources exported exactly once; upstream pages served %d, distinct %d, fetched more than once %d; %d upstream requests",
 		kills, n, ps.Served, ps.Distinct, ps.Served-ps.Distinct, sim.Requests())
-	if len(m.Error) != 0 {
-		t.Errorf("error files: %+v", m.Error)
-	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Fatal("timed out")
 	}
@@ -247,13 +230,5 @@ func TestSIGTERMMidExportResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ex, err := c.Collect(ctx, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tt, _ := time.Parse(time.RFC3339Nano, m.TransactionTime)
-	want := sim.Expected(fhirtest.Query{GroupID: "all", Types: exporter.CandidateTypes(exporter.LevelGroup), Until: tt})
-	for _, pr := range append(ex.Problems, bulkclient.Diff(want, ex.Resources, 20)...) {
-		t.Error(pr)
-	}
+	checkExact(t, ctx, c, sim, m)
 }

@@ -114,3 +114,17 @@ func Required(env string) bool {
 	v := os.Getenv(env)
 	return v == "1" || strings.EqualFold(v, "true")
 }
+
+// stopChild ends a server started with Child: SIGINT, SIGKILL if it has
+// not exited within 10s (exited is closed when its Wait returned), then
+// removes its directory.
+func stopChild(cmd *exec.Cmd, exited <-chan struct{}, dir string) {
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+	_ = os.RemoveAll(dir)
+}
